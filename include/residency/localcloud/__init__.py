@@ -1,0 +1,1 @@
+"""The local cloud: emulators on loopback and the seeded overseas estate."""

@@ -1,0 +1,125 @@
+"""Local emulators on loopback, started and stopped by the project's own code.
+
+:class:`MotoServer` runs ``moto`` in server mode as a child process (real HTTP on
+127.0.0.1, its own interpreter, so it does not compete with the caller's GIL).
+With :meth:`MotoServer.enforce_auth`, moto checks signatures and identity
+policies and rejects deleted access keys. It does **not** enforce bucket
+policies or inactive keys; nothing here claims it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..clients import AwsCredentials
+
+log = logging.getLogger(__name__)
+
+ADMIN_POLICY = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class MotoServer:
+    """A moto server child process on ``127.0.0.1:port``."""
+
+    port: int = 0
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> MotoServer:
+        if self.port == 0:
+            self.port = free_port()
+        env = dict(os.environ)
+        env.update(self.env)
+        # moto's dummy credentials must never be mistaken for real ones.
+        env.pop("AWS_PROFILE", None)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with code {self._proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=2).read()
+                log.info("moto server listening on %s (pid %s)", self.endpoint_url, self._proc.pid)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.endpoint_url} within {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _post(self, path: str, body: bytes = b"") -> None:
+        req = urllib.request.Request(
+            f"{self.endpoint_url}{path}", data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def credentials(self, conn_id: str, access_key_id: str, secret: str, region: str) -> AwsCredentials:
+        return AwsCredentials(
+            conn_id=conn_id, access_key_id=access_key_id, secret_access_key=secret,
+            region_name=region, endpoint_url=self.endpoint_url,
+        )
+
+    def enforce_auth(self, admin_user: str = "residency-admin") -> AwsCredentials:
+        """Create an administrator with a real key pair, then turn IAM enforcement on.
+
+        Until this call moto accepts anything; after it, every request must be
+        signed by a key that exists and whose identity policies allow the action.
+        Returns the administrator's credentials.
+        """
+        self._post("/moto-api/reset-auth", b"1000000")  # open while bootstrapping
+        boot = self.credentials("bootstrap", "AKIABOOTSTRAP0000000", "bootstrap", "us-east-1")
+        iam = boot.client("iam")
+        iam.create_user(UserName=admin_user)
+        iam.put_user_policy(UserName=admin_user, PolicyName="admin", PolicyDocument=ADMIN_POLICY)
+        key = iam.create_access_key(UserName=admin_user)["AccessKey"]
+        self._post("/moto-api/reset-auth", b"0")
+        return self.credentials("admin", key["AccessKeyId"], key["SecretAccessKey"], "us-east-1")
+
+    def reset(self) -> None:
+        """Forget every bucket, user and key (auth enforcement is left as it was)."""
+        self._post("/moto-api/reset")

@@ -1,0 +1,126 @@
+"""The store protocol every provider implements, and the data it speaks.
+
+Modelled on rclone's ``fs.Fs``: one small interface, optional abilities declared
+in :class:`Capabilities` (server-side copy is a declared feature, never an
+``isinstance`` guess), and algorithms written only against the interface. Every
+implementation passes the same contract tests (``tests/integration/test_store_contract.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Protocol, runtime_checkable
+
+from ..jurisdictions import Placement
+from ..uris import ObjectRef
+
+#: Standard HTTP content headers a copy preserves, by their canonical lower-case names.
+CONTENT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language")
+
+#: Prefix of the user-metadata keys that record where a copy came from.
+PROVENANCE_PREFIX = "residency-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows about one object version.
+
+    ``checksums`` holds only values that *prove* content (see
+    :mod:`residency.checksums`): hex digests keyed by algorithm. ``etag`` is kept
+    verbatim for preconditions, never compared as a hash by callers.
+    """
+
+    ref: ObjectRef
+    size: int
+    etag: str | None = None
+    version: str | None = None  # S3 VersionId or GCS generation
+    content_type: str | None = None
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata
+    headers: Mapping[str, str] = field(default_factory=dict)  # CONTENT_HEADERS present
+    last_modified: str | None = None
+    multipart: bool = False
+    encryption: str | None = None
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """The provenance metadata this orchestrator wrote, without the prefix."""
+        return {
+            k[len(PROVENANCE_PREFIX):]: v
+            for k, v in self.metadata.items()
+            if k.startswith(PROVENANCE_PREFIX)
+        }
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional abilities of a store (rclone's ``fs.Features``)."""
+
+    server_side_copy: bool = False
+    """Can copy an object of the same provider without the bytes passing through us."""
+    create_only_writes: bool = False
+    """Can refuse a write when the destination key already exists (If-None-Match / generation 0)."""
+    versioned_reads: bool = False
+    """Can read a pinned version (VersionId / generation)."""
+    max_single_copy: int = 5 * 1024**3
+    """Largest object one server-side copy call may handle."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One provider's buckets, as the engine sees them.
+
+    All methods raise the exceptions of :mod:`residency.errors`, never SDK ones:
+    ``ObjectNotFound``, ``BucketNotFound``, ``PermissionDenied``,
+    ``PreconditionFailed``, ``TransientError`` (after retries are exhausted).
+    """
+
+    provider: str
+    capabilities: Capabilities
+
+    def placement(self, bucket: str) -> Placement:
+        """Where the bucket is; raises ``BucketNotFound`` / ``PermissionDenied``."""
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectRef]:
+        """Every key under ``prefix``, page by page; never holds the whole listing."""
+
+    def stat(self, ref: ObjectRef, version: str | None = None) -> ObjectInfo:
+        """Metadata and checksums of the object (of ``version`` when given)."""
+
+    def read(
+        self, ref: ObjectRef, version: str | None = None, chunk_size: int = 1024 * 1024
+    ) -> Iterator[bytes]:
+        """Stream the object's bytes in chunks of at most ``chunk_size``."""
+
+    def write(
+        self,
+        ref: ObjectRef,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        create_only: bool = True,
+    ) -> ObjectInfo:
+        """Store the bytes from ``chunks`` (streamed, multipart above the threshold).
+
+        With ``create_only`` the write fails with ``PreconditionFailed`` if the key exists.
+        """
+
+    def copy(
+        self,
+        src: ObjectInfo,
+        dst: ObjectRef,
+        *,
+        metadata: Mapping[str, str],
+        create_only: bool = True,
+    ) -> ObjectInfo:
+        """Server-side copy of the pinned ``src`` version to ``dst``.
+
+        Only when ``capabilities.server_side_copy``. Content type and content
+        headers are carried over; user metadata is replaced by ``metadata``.
+        Raises ``SourceChanged`` if ``src`` is no longer that version.
+        """
+
+    def delete(self, ref: ObjectRef, version: str | None = None) -> None:
+        """Delete the object (or one version of it). Missing objects are not an error."""

@@ -1,0 +1,495 @@
+"""Amazon S3 (and S3-compatible servers) behind the store protocol.
+
+The client factory is injected (s3transfer's habit): :mod:`residency.connections`
+builds clients from Airflow connections, the tests build them for moto server.
+Each bucket is addressed through a client of its own region, as S3 expects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from .. import checksums
+from ..errors import (
+    BucketNotFound,
+    ObjectNotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    ResidencyError,
+    SourceChanged,
+    StoreError,
+    TransientError,
+)
+from ..jurisdictions import Placement, placement_of
+from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..uris import ObjectRef
+from .base import CONTENT_HEADERS, Capabilities, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+S3_MIN_PART = 5 * MiB
+S3_MAX_PARTS = 10_000
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+_NO_BUCKET = {"NoSuchBucket"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "AllAccessDisabled",
+}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_TRANSIENT = {
+    "SlowDown",
+    "503",
+    "500",
+    "502",
+    "504",
+    "429",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+}
+
+# header name -> boto3 parameter / response field
+_HEADER_PARAMS = {
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-encoding": "ContentEncoding",
+    "content-language": "ContentLanguage",
+}
+_CHECKSUM_FIELDS = {
+    "ChecksumCRC32C": "crc32c",
+    "ChecksumSHA256": "sha256",
+    "ChecksumCRC64NVME": "crc64nvme",
+}
+
+
+@dataclass(frozen=True)
+class S3TransferConfig:
+    """Sizes that decide single-call vs multipart operations. Validates itself."""
+
+    multipart_threshold: int = 64 * MiB
+    part_size: int = 64 * MiB
+    read_chunk: int = 8 * MiB
+
+    def __post_init__(self) -> None:
+        if self.part_size < S3_MIN_PART:
+            raise ValueError(f"part_size must be >= 5 MiB (S3 minimum), got {self.part_size}")
+        if self.multipart_threshold < self.part_size:
+            raise ValueError(
+                f"multipart_threshold ({self.multipart_threshold}) must be >= part_size ({self.part_size})"
+            )
+        if self.multipart_threshold > 5 * 1024**3:
+            raise ValueError("multipart_threshold must be <= 5 GiB (S3's single-copy limit)")
+
+    def part_size_for(self, size: int) -> int:
+        """Part size for an object of ``size`` bytes within S3's 10,000-part limit."""
+        part = self.part_size
+        while size / part > S3_MAX_PARTS:
+            part *= 2
+        return part
+
+
+def _crc32c_b64(body: bytes) -> str:
+    return checksums.hex_to_b64(checksums.crc32c_hex(body))
+
+
+def translate(exc: Exception, uri: str) -> StoreError:
+    """Turn a botocore exception into the project's own."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        reason = f"{code or status}: {err.get('Message') or exc}"
+        if code in _NO_BUCKET:
+            return BucketNotFound(uri, reason)
+        if code in _NOT_FOUND or (not code and status == "404"):
+            return ObjectNotFound(uri, reason)
+        if code in _DENIED or status == "403":
+            return PermissionDenied(uri, reason)
+        if code in _PRECONDITION or status == "412":
+            return PreconditionFailed(uri, reason)
+        if code in _TRANSIENT or status in _TRANSIENT:
+            return TransientError(uri, reason)
+        return StoreError(uri, reason)
+    if isinstance(
+        exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ResponseStreamingError)
+    ):
+        return TransientError(uri, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return TransientError(uri, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return StoreError(uri, f"{type(exc).__name__}: {exc}")
+    raise exc
+
+
+class S3Store:
+    """S3 buckets through boto3.
+
+    Args:
+        client_for_region: returns a boto3 S3 client for a region name.
+        default_region: region of the client used to discover bucket regions.
+        transfer: multipart sizes.
+        retry: retry policy for transient errors.
+    """
+
+    provider = "s3"
+    capabilities = Capabilities(
+        server_side_copy=True, create_only_writes=True, versioned_reads=True
+    )
+
+    def __init__(
+        self,
+        client_for_region: Callable[[str], Any],
+        default_region: str = "us-east-1",
+        transfer: S3TransferConfig | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self._client_for_region = client_for_region
+        self._clients: dict[str, Any] = {}
+        self._bucket_regions: dict[str, str] = {}
+        self.default_region = default_region
+        self.transfer = transfer or S3TransferConfig()
+        self.retry = retry
+
+    # -- plumbing ---------------------------------------------------------
+    def _client(self, region: str | None = None) -> Any:
+        region = region or self.default_region
+        if region not in self._clients:
+            self._clients[region] = self._client_for_region(region)
+        return self._clients[region]
+
+    def _bucket_client(self, bucket: str) -> Any:
+        if bucket not in self._bucket_regions:
+            self._bucket_regions[bucket] = self.placement(bucket).location
+        return self._client(self._bucket_regions[bucket])
+
+    def _call(self, what: str, uri: str, fn: Callable[[], Any]) -> Any:
+        def attempt() -> Any:
+            try:
+                return fn()
+            except ResidencyError:
+                raise
+            except Exception as exc:  # translated; unknown kinds re-raised by translate
+                raise translate(exc, uri) from exc
+
+        return self.retry.call(f"{what} {uri}", attempt)
+
+    # -- protocol ---------------------------------------------------------
+    def placement(self, bucket: str) -> Placement:
+        uri = f"s3://{bucket}"
+        resp = self._call(
+            "get_bucket_location", uri, lambda: self._client().get_bucket_location(Bucket=bucket)
+        )
+        location = resp.get("LocationConstraint") or "us-east-1"
+        self._bucket_regions[bucket] = placement_of("s3", location).location
+        return placement_of("s3", location)
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectRef]:
+        client = self._bucket_client(bucket)
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", f"s3://{bucket}/{prefix}", lambda: client.list_objects_v2(**kwargs))
+            for item in page.get("Contents", []):
+                yield ObjectRef("s3", bucket, item["Key"])
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def versioning_enabled(self, bucket: str) -> bool:
+        client = self._bucket_client(bucket)
+        resp = self._call("get_bucket_versioning", f"s3://{bucket}", lambda: client.get_bucket_versioning(Bucket=bucket))
+        return resp.get("Status") == "Enabled"
+
+    def stat(self, ref: ObjectRef, version: str | None = None) -> ObjectInfo:
+        client = self._bucket_client(ref.bucket)
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "ChecksumMode": "ENABLED"}
+        if version:
+            kwargs["VersionId"] = version
+        resp = self._call("head_object", ref.uri, lambda: client.head_object(**kwargs))
+        return self._info(ref, resp)
+
+    def _info(self, ref: ObjectRef, resp: Mapping[str, Any]) -> ObjectInfo:
+        etag = resp.get("ETag")
+        encryption = resp.get("ServerSideEncryption")
+        if resp.get("SSECustomerAlgorithm"):
+            encryption = "sse-c"
+        found: dict[str, str] = {}
+        md5 = checksums.md5_from_etag(etag, encryption)
+        if md5:
+            found["md5"] = md5
+        composite = resp.get("ChecksumType") == "COMPOSITE"
+        for field_name, algorithm in _CHECKSUM_FIELDS.items():
+            value = resp.get(field_name)
+            if value and not composite and "-" not in value:
+                found[algorithm] = checksums.b64_to_hex(value)
+        headers = {h: resp[p] for h, p in _HEADER_PARAMS.items() if resp.get(p)}
+        last_modified = resp.get("LastModified")
+        version = resp.get("VersionId")
+        return ObjectInfo(
+            ref=ref,
+            size=int(resp.get("ContentLength", 0)),
+            etag=etag,
+            version=None if version in (None, "null") else version,
+            content_type=resp.get("ContentType"),
+            checksums=found,
+            metadata=dict(resp.get("Metadata") or {}),
+            headers=headers,
+            last_modified=last_modified.isoformat() if last_modified else None,
+            multipart=bool(etag and "-" in etag.strip('"')),
+            encryption=encryption,
+        )
+
+    def read(
+        self, ref: ObjectRef, version: str | None = None, chunk_size: int = 1024 * 1024
+    ) -> Iterator[bytes]:
+        """Ranged reads of ``transfer.read_chunk`` bytes each, every range retried alone.
+
+        A pinned ``version`` is read by VersionId; the ETag of the first range is
+        then required of every later range, so a body never mixes two versions.
+        """
+        client = self._bucket_client(ref.bucket)
+        offset, size, etag = 0, None, None
+        while size is None or offset < size:
+            end = offset + self.transfer.read_chunk - 1
+            kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Range": f"bytes={offset}-{end}"}
+            if version:
+                kwargs["VersionId"] = version
+            if etag:
+                kwargs["IfMatch"] = etag
+
+            def fetch(kwargs: dict[str, Any] = kwargs) -> tuple[bytes, Mapping[str, Any]]:
+                resp = client.get_object(**kwargs)
+                return resp["Body"].read(), resp
+
+            try:
+                body, resp = self._call("get_object", ref.uri, fetch)
+            except PreconditionFailed as exc:
+                raise SourceChanged(ref.uri, f"object changed while being read: {exc.reason}") from exc
+            except StoreError as exc:
+                if size is None and "InvalidRange" in exc.reason:
+                    return  # empty object
+                raise
+            if size is None:
+                content_range = resp.get("ContentRange") or ""
+                size = int(content_range.rsplit("/", 1)[-1]) if "/" in content_range else len(body)
+                etag = resp.get("ETag")
+            for i in range(0, len(body), chunk_size):
+                yield body[i : i + chunk_size]
+            if not body:
+                break
+            offset += len(body)
+
+    def write(
+        self,
+        ref: ObjectRef,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        create_only: bool = True,
+    ) -> ObjectInfo:
+        """Buffer at most one part in memory; multipart once the threshold is passed."""
+        client = self._bucket_client(ref.bucket)
+        common: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Metadata": dict(metadata or {})}
+        if content_type:
+            common["ContentType"] = content_type
+        for header, value in (headers or {}).items():
+            if header in _HEADER_PARAMS:
+                common[_HEADER_PARAMS[header]] = value
+        buffer = bytearray()
+        iterator = iter(chunks)
+        for chunk in iterator:
+            buffer.extend(chunk)
+            if len(buffer) >= self.transfer.multipart_threshold:
+                return self._multipart_write(ref, client, common, buffer, iterator, create_only)
+        body = bytes(buffer)
+        # Our own CRC32C (google-crc32c), sent with the body: S3 rejects a body
+        # that arrives corrupted, and botocore would need awscrt to compute it.
+        kwargs = dict(common, Body=body, ChecksumCRC32C=_crc32c_b64(body))
+        if create_only:
+            kwargs["IfNoneMatch"] = "*"
+        self._call("put_object", ref.uri, lambda: client.put_object(**kwargs))
+        return self.stat(ref)
+
+    def _multipart_write(
+        self,
+        ref: ObjectRef,
+        client: Any,
+        common: dict[str, Any],
+        buffer: bytearray,
+        rest: Iterator[bytes],
+        create_only: bool,
+    ) -> ObjectInfo:
+        part_size = self.transfer.part_size
+        upload = self._call(
+            "create_multipart_upload",
+            ref.uri,
+            lambda: client.create_multipart_upload(**common, ChecksumAlgorithm="CRC32C", ChecksumType="FULL_OBJECT"),
+        )
+        upload_id = upload["UploadId"]
+        parts: list[dict[str, Any]] = []
+
+        def send(body: bytes) -> None:
+            number = len(parts) + 1
+            resp = self._call(
+                "upload_part",
+                ref.uri,
+                lambda: client.upload_part(
+                    Bucket=ref.bucket, Key=ref.key, UploadId=upload_id, PartNumber=number,
+                    Body=body, ChecksumCRC32C=_crc32c_b64(body),
+                ),
+            )
+            part = {"PartNumber": number, "ETag": resp["ETag"]}
+            if resp.get("ChecksumCRC32C"):
+                part["ChecksumCRC32C"] = resp["ChecksumCRC32C"]
+            parts.append(part)
+
+        try:
+            while True:
+                while len(buffer) >= part_size:
+                    send(bytes(buffer[:part_size]))
+                    del buffer[:part_size]
+                chunk = next(rest, None)
+                if chunk is None:
+                    break
+                buffer.extend(chunk)
+            if buffer or not parts:
+                send(bytes(buffer))
+            kwargs: dict[str, Any] = {
+                "Bucket": ref.bucket, "Key": ref.key, "UploadId": upload_id,
+                "MultipartUpload": {"Parts": parts},
+            }
+            if create_only:
+                kwargs["IfNoneMatch"] = "*"
+            self._call("complete_multipart_upload", ref.uri, lambda: client.complete_multipart_upload(**kwargs))
+        except BaseException:
+            self._abort(client, ref, upload_id)
+            raise
+        return self.stat(ref)
+
+    def _abort(self, client: Any, ref: ObjectRef, upload_id: str) -> None:
+        try:
+            client.abort_multipart_upload(Bucket=ref.bucket, Key=ref.key, UploadId=upload_id)
+            log.info("aborted multipart upload %s of %s", upload_id, ref.uri)
+        except Exception as exc:  # the original error matters more
+            log.warning("could not abort multipart upload %s of %s: %s", upload_id, ref.uri, exc)
+
+    def copy(
+        self,
+        src: ObjectInfo,
+        dst: ObjectRef,
+        *,
+        metadata: Mapping[str, str],
+        create_only: bool = True,
+    ) -> ObjectInfo:
+        client = self._bucket_client(dst.bucket)
+        source: dict[str, Any] = {"Bucket": src.ref.bucket, "Key": src.ref.key}
+        if src.version:
+            source["VersionId"] = src.version
+        common: dict[str, Any] = {"Bucket": dst.bucket, "Key": dst.key, "Metadata": dict(metadata)}
+        if src.content_type:
+            common["ContentType"] = src.content_type
+        for header, value in src.headers.items():
+            if header in _HEADER_PARAMS:
+                common[_HEADER_PARAMS[header]] = value
+        try:
+            if src.size <= self.transfer.multipart_threshold:
+                kwargs = dict(
+                    common, CopySource=source, MetadataDirective="REPLACE", ChecksumAlgorithm="CRC32C"
+                )
+                if src.etag:
+                    kwargs["CopySourceIfMatch"] = src.etag
+                if create_only:
+                    kwargs["IfNoneMatch"] = "*"
+                self._call("copy_object", dst.uri, lambda: client.copy_object(**kwargs))
+            else:
+                self._multipart_copy(client, src, source, dst, common, create_only)
+        except ObjectNotFound as exc:
+            raise SourceChanged(src.ref.uri, f"pinned source version is gone: {exc.reason}") from exc
+        except PreconditionFailed as exc:
+            if "CopySource" in exc.reason or "copy-source" in exc.reason.lower():
+                raise SourceChanged(src.ref.uri, exc.reason) from exc
+            raise
+        return self.stat(dst)
+
+    def _multipart_copy(
+        self,
+        client: Any,
+        src: ObjectInfo,
+        source: dict[str, Any],
+        dst: ObjectRef,
+        common: dict[str, Any],
+        create_only: bool,
+    ) -> None:
+        part_size = self.transfer.part_size_for(src.size)
+        upload = self._call(
+            "create_multipart_upload",
+            dst.uri,
+            lambda: client.create_multipart_upload(**common, ChecksumAlgorithm="CRC32C", ChecksumType="FULL_OBJECT"),
+        )
+        upload_id = upload["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            for number, start in enumerate(range(0, src.size, part_size), start=1):
+                end = min(start + part_size, src.size) - 1
+                kwargs: dict[str, Any] = {
+                    "Bucket": dst.bucket, "Key": dst.key, "UploadId": upload_id,
+                    "PartNumber": number, "CopySource": source,
+                    "CopySourceRange": f"bytes={start}-{end}",
+                }
+                if src.etag:
+                    kwargs["CopySourceIfMatch"] = src.etag
+                resp = self._call(
+                    "upload_part_copy", dst.uri, lambda kwargs=kwargs: client.upload_part_copy(**kwargs)
+                )
+                result = resp["CopyPartResult"]
+                part = {"PartNumber": number, "ETag": result["ETag"]}
+                if result.get("ChecksumCRC32C"):
+                    part["ChecksumCRC32C"] = result["ChecksumCRC32C"]
+                parts.append(part)
+                log.debug("copied part %d (%d-%d) of %s", number, start, end, src.ref.uri)
+            complete: dict[str, Any] = {
+                "Bucket": dst.bucket, "Key": dst.key, "UploadId": upload_id,
+                "MultipartUpload": {"Parts": parts},
+            }
+            if create_only:
+                complete["IfNoneMatch"] = "*"
+            self._call("complete_multipart_upload", dst.uri, lambda: client.complete_multipart_upload(**complete))
+        except BaseException:
+            self._abort(client, dst, upload_id)
+            raise
+
+    def delete(self, ref: ObjectRef, version: str | None = None) -> None:
+        client = self._bucket_client(ref.bucket)
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if version:
+            kwargs["VersionId"] = version
+        self._call("delete_object", ref.uri, lambda: client.delete_object(**kwargs))
