@@ -154,6 +154,7 @@ class S3Store:
         default_region: region of the client used to discover bucket regions.
         transfer: multipart sizes.
         retry: retry policy for transient errors.
+        service: the endpoint URL of an S3-compatible server, or "aws".
     """
 
     provider = "s3"
@@ -167,7 +168,13 @@ class S3Store:
         default_region: str = "us-east-1",
         transfer: S3TransferConfig | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        service: str = "aws",
+        list_page_size: int = 1000,
     ) -> None:
+        self.list_page_size = list_page_size
+        #: Which S3 service this is (an endpoint URL, or "aws"): server-side copy
+        #: is only attempted between stores of the same service.
+        self.service = service
         self._client_for_region = client_for_region
         self._clients: dict[str, Any] = {}
         self._bucket_regions: dict[str, str] = {}
@@ -212,7 +219,7 @@ class S3Store:
         client = self._bucket_client(bucket)
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", f"s3://{bucket}/{prefix}", lambda: client.list_objects_v2(**kwargs))
@@ -333,7 +340,7 @@ class S3Store:
         body = bytes(buffer)
         # Our own CRC32C (google-crc32c), sent with the body: S3 rejects a body
         # that arrives corrupted, and botocore would need awscrt to compute it.
-        kwargs = dict(common, Body=body, ChecksumCRC32C=_crc32c_b64(body))
+        kwargs = dict(common, Body=body, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=_crc32c_b64(body))
         if create_only:
             kwargs["IfNoneMatch"] = "*"
         self._call("put_object", ref.uri, lambda: client.put_object(**kwargs))
@@ -364,7 +371,7 @@ class S3Store:
                 ref.uri,
                 lambda: client.upload_part(
                     Bucket=ref.bucket, Key=ref.key, UploadId=upload_id, PartNumber=number,
-                    Body=body, ChecksumCRC32C=_crc32c_b64(body),
+                    Body=body, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=_crc32c_b64(body),
                 ),
             )
             part = {"PartNumber": number, "ETag": resp["ETag"]}

@@ -1,0 +1,295 @@
+"""The phases as the DAG calls them: one function per task, no Airflow inside.
+
+Each function loads the policy (refusing if the file changed since the run was
+planned), logs what it will do, calls one engine function, records the result
+in the ledger and the audit chain, logs its counts, and returns a small JSON
+summary: counts and shard paths, never lists of keys.
+
+Credentials come through a ``credentials(conn_id)`` callable: the DAG passes
+:func:`residency.connections.aws_credentials`; tests pass a dict lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import __version__, audit, inventory, references, revocation, transfer
+from .clients import AwsCredentials
+from .errors import JurisdictionError, PolicyError, StoreError
+from .jurisdictions import Placement, placement_of
+from .ledger import Ledger
+from .policy import Destination, Policy, Source, load_policy
+from .stores.base import Store
+from .stores.s3 import S3Store, S3TransferConfig
+from .uris import ObjectRef
+
+log = logging.getLogger(__name__)
+
+Credentials = Callable[[str], AwsCredentials]
+
+
+def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the DAG params; PolicyError names the param and the value."""
+    path = params.get("policy_path")
+    if not isinstance(path, str) or not path.strip():
+        raise PolicyError("params.policy_path", path, "a path to the policy YAML file is required")
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise PolicyError("params.dry_run", dry_run, "expected true or false")
+    evidence_dir = params.get("evidence_dir") or ""
+    if not isinstance(evidence_dir, str):
+        raise PolicyError("params.evidence_dir", evidence_dir, "expected a folder path or empty")
+    return {"policy_path": path.strip(), "dry_run": dry_run, "evidence_dir": evidence_dir}
+
+
+class Runtime:
+    """What a task needs: the policy, the ledger, and stores built from credentials."""
+
+    def __init__(self, plan: Mapping[str, Any], credentials: Credentials) -> None:
+        self.plan = dict(plan)
+        self.policy = load_policy(plan["policy_path"])
+        if plan.get("policy_sha256") and plan["policy_sha256"] != self.policy.sha256:
+            raise PolicyError(
+                "policy_path", plan["policy_path"],
+                f"the file changed since this run was planned (sha256 {plan['policy_sha256'][:16]} -> "
+                f"{self.policy.sha256[:16]}); start a new run",
+            )
+        self.dry_run = bool(plan.get("dry_run"))
+        self.credentials = credentials
+        self.ledger = Ledger(self.policy.ledger_url)
+        self.ledger.create_schema()
+        self._stores: dict[str, Store] = {}
+
+    def store(self, conn_id: str, provider: str) -> Store:
+        if conn_id not in self._stores:
+            if provider != "s3":
+                raise PolicyError("provider", provider, "only s3 stores are available in this version")
+            creds = self.credentials(conn_id)
+            self._stores[conn_id] = S3Store(
+                creds.s3_client_factory(),
+                default_region=creds.region_name,
+                transfer=S3TransferConfig(
+                    multipart_threshold=self.policy.transfer.multipart_threshold,
+                    part_size=self.policy.transfer.part_size,
+                ),
+                service=creds.endpoint_url or "aws",
+            )
+        return self._stores[conn_id]
+
+    def source_store(self, source: Source) -> Store:
+        return self.store(source.conn_id, source.ref.provider)
+
+    def destination_store(self, destination: Destination) -> Store:
+        return self.store(destination.conn_id, destination.ref.provider)
+
+    def source_for_bucket(self, bucket_uri: str) -> Source:
+        for source in self.policy.sources:
+            if source.bucket_uri == bucket_uri:
+                return source
+        raise PolicyError("sources", bucket_uri, "no such source in the policy")
+
+    def begin(self, phase: str, extra: str = "") -> None:
+        log.info("BEGIN %s: %s%s%s", phase, self.policy.summary(), " dry-run" if self.dry_run else "", extra)
+
+    def end(self, phase: str, result: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        summary = dict(result)
+        self.ledger.record_phase(self.policy.migration_id, phase, summary, run_id=run_id)
+        self.ledger.audit(self.policy.migration_id, f"{phase}.done", _compact(summary))
+        log.info("END %s: %s", phase, _compact(summary))
+        return summary
+
+
+def _compact(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The counts of a result, without long lists, for log lines and audit records."""
+    return {k: v for k, v in result.items() if not isinstance(v, list) or len(v) <= 5}
+
+
+# -- phases ------------------------------------------------------------------
+
+
+def plan_run(params: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validate params and the policy before any work; the plan every task receives."""
+    checked = validate_params(params)
+    policy = load_policy(checked["policy_path"])
+    plan = {
+        **checked,
+        "policy_path": policy.path,
+        "policy_sha256": policy.sha256,
+        "migration_id": policy.migration_id,
+        "home_jurisdiction": policy.home_jurisdiction,
+        "sources": [s.bucket_uri for s in policy.sources],
+        "destinations": {p: d.ref.uri for p, d in policy.destinations.items()},
+        "run": dict(run or {}),
+    }
+    ledger = Ledger(policy.ledger_url)
+    ledger.create_schema()
+    ledger.audit(policy.migration_id, "run.planned", {k: v for k, v in plan.items() if k != "run"} | {"run": dict(run or {})})
+    log.info("plan: %s; dry_run=%s; ledger %s", policy.summary(), checked["dry_run"], _safe_url(policy.ledger_url))
+    return plan
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for logs."""
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def preflight(rt: Runtime) -> dict[str, Any]:
+    """Every bucket reachable, every region mapped, destinations in the home jurisdiction."""
+    rt.begin("preflight")
+    policy = rt.policy
+    placements: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+
+    def place(store: Store, ref: ObjectRef, declared: str | None) -> Placement:
+        if declared:
+            return placement_of(ref.provider, declared, source="declared")
+        return store.placement(ref.bucket)
+
+    for source in policy.sources:
+        store = rt.source_store(source)
+        try:
+            placement = place(store, source.ref, source.location)
+            next(iter(store.list_objects(source.ref.bucket, source.prefix)), None)  # can we list?
+        except StoreError as exc:
+            problems.append(f"source {source.bucket_uri} is not reachable with {source.conn_id}: {exc.reason}")
+            continue
+        placements[source.bucket_uri] = asdict(placement)
+        where = "domestic" if placement.is_in(policy.home_jurisdiction) else "overseas"
+        log.info(
+            "preflight source %s: %s (%s), jurisdiction %s [%s, %s]",
+            source.bucket_uri, placement.location, placement.description, placement.jurisdiction, where, placement.source,
+        )
+        if where == "domestic":
+            log.warning("preflight source %s is already in %s; it is migrated anyway", source.bucket_uri, policy.home_jurisdiction)
+
+    for provider, destination in policy.destinations.items():
+        store = rt.destination_store(destination)
+        try:
+            placement = place(store, destination.ref, destination.location)
+        except StoreError as exc:
+            problems.append(f"destination {destination.ref.bucket_uri} is not reachable with {destination.conn_id}: {exc.reason}")
+            continue
+        placements[destination.ref.bucket_uri] = asdict(placement)
+        log.info(
+            "preflight destination %s: %s (%s), jurisdiction %s [%s]",
+            destination.ref.bucket_uri, placement.location, placement.description, placement.jurisdiction, placement.source,
+        )
+        if not placement.is_in(policy.home_jurisdiction):
+            problems.append(
+                f"destination {destination.ref.bucket_uri} is in {placement.location} "
+                f"(jurisdiction {placement.jurisdiction or 'several countries'}), not in {policy.home_jurisdiction}: refused"
+            )
+        rt.ledger.record_bucket(
+            policy.migration_id, destination.ref.bucket_uri, role="destination", provider=provider,
+            location=placement.location, jurisdiction=placement.jurisdiction, placement_source=placement.source,
+        )
+    if problems:
+        rt.ledger.audit(policy.migration_id, "preflight.refused", {"problems": problems})
+        for problem in problems:
+            log.error("preflight: %s", problem)
+        raise JurisdictionError("; ".join(problems))
+    return rt.end("preflight", {"placements": placements, "buckets": len(placements)})
+
+
+def run_inventory(rt: Runtime, placements: Mapping[str, Any] | None) -> dict[str, Any]:
+    rt.begin("inventory")
+    result = inventory.run_inventory(rt.policy, rt.ledger, rt.source_store, dict(placements or {}))
+    return rt.end("inventory", result.summary())
+
+
+def _shard_stores(rt: Runtime, shard: Mapping[str, Any]) -> tuple[Store, Store]:
+    source = rt.source_for_bucket(shard["source"])
+    return rt.source_store(source), rt.destination_store(rt.policy.destination_for(source))
+
+
+def shard_label(shard: Mapping[str, Any]) -> str:
+    """A readable name for a mapped task instance (Airflow's map_index_template)."""
+    return f"shard {shard['shard']:05d} {shard['source']} ({shard['objects']} objects)"
+
+
+def copy_shard(rt: Runtime, shard: Mapping[str, Any]) -> dict[str, Any]:
+    rt.begin("copy", f" {shard_label(shard)}")
+    src_store, dst_store = _shard_stores(rt, shard)
+    result = transfer.copy_shard(rt.policy, rt.ledger, dict(shard), src_store, dst_store, dry_run=rt.dry_run)
+    return rt.end("copy", result.summary())
+
+
+def verify_shard(rt: Runtime, shard: Mapping[str, Any]) -> dict[str, Any]:
+    rt.begin("verify", f" {shard_label(shard)}")
+    if rt.dry_run:
+        return rt.end("verify", {"shard": shard["shard"], "dry_run": True, "verified": 0})
+    src_store, dst_store = _shard_stores(rt, shard)
+    result = transfer.verify_shard(rt.policy, rt.ledger, dict(shard), src_store, dst_store)
+    return rt.end("verify", result.summary())
+
+
+def _dst_region(rt: Runtime) -> Callable[[ObjectRef], str | None]:
+    by_bucket = {d.ref.bucket_uri: d for d in rt.policy.destinations.values()}
+    cache: dict[str, str | None] = {}
+
+    def region(ref: ObjectRef) -> str | None:
+        if ref.bucket_uri not in cache:
+            dest = by_bucket.get(ref.bucket_uri)
+            cache[ref.bucket_uri] = (
+                dest.location or rt.destination_store(dest).placement(ref.bucket).location if dest else None
+            )
+        return cache[ref.bucket_uri]
+
+    return region
+
+
+def cutover(rt: Runtime) -> dict[str, Any]:
+    if rt.policy.references is None:
+        return rt.end("cutover", {"skipped": "the policy names no reference columns"})
+    rt.begin("cutover", f" columns {', '.join(f'{c.table}.{c.column}' for c in rt.policy.references.columns)}")
+    result = references.cutover(rt.policy, rt.ledger, dst_region=_dst_region(rt), dry_run=rt.dry_run)
+    summary = rt.end("cutover", asdict(result))
+    residual = references.scan_residual(rt.policy, rt.ledger, [s.ref.bucket for s in rt.policy.sources])
+    summary["residual_scan"] = rt.end("residual", asdict(residual))
+    return summary
+
+
+def revoke(rt: Runtime) -> dict[str, Any]:
+    if not rt.policy.revocations:
+        return rt.end("revoke", {"skipped": "the policy names no principals"})
+    rt.begin("revoke", f" principals {', '.join(p.user for p in rt.policy.revocations)}")
+    result = revocation.revoke(
+        rt.policy, rt.ledger, iam_credentials=rt.credentials, probe_credentials=rt.credentials, dry_run=rt.dry_run
+    )
+    return rt.end("revoke", asdict(result))
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"residency": __version__, "python": platform.python_version()}
+    for dist in ("apache-airflow", "boto3", "botocore", "google-cloud-storage", "tenacity", "sqlalchemy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
+    rt.begin("evidence")
+    out_dir = Path(rt.plan.get("evidence_dir") or Path(rt.policy.control_dir) / rt.policy.migration_id / "evidence")
+    files = audit.write_evidence(
+        rt.policy, rt.ledger, out_dir, run={**dict(run), "dry_run": rt.dry_run}, software=software_versions()
+    )
+    evidence = files.evidence
+    summary = {
+        "evidence_json": str(files.json_path),
+        "evidence_html": str(files.html_path),
+        "complete": files.complete,
+        "problems": evidence.get("problems", []),
+        "reconciliation": evidence.get("reconciliation", {}),
+    }
+    log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.json_path, files.complete)
+    return summary

@@ -1,0 +1,383 @@
+"""The copy engine and the verifier, written only against the store protocol.
+
+Copy (per manifest shard): for each object not yet verified, pin the inventoried
+source version, check the destination, then copy server-side when both stores
+declare it and share a service, or stream otherwise. Provenance (source URI,
+version, ETag, checksum) is written as destination metadata. An object already
+verified is skipped; an identical object already at the destination counts as
+``already_present``; a *different* object there is never overwritten, unless its
+provenance shows this migration wrote it from an older version of the same source.
+
+Verify (per shard): compare a checksum both sides truly have (see
+:mod:`residency.checksums`); where none is common, read the destination back
+(and the pinned source if need be) and hash both. Counters are kept apart as in
+rclone's checker: a missing hash is never a match.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+from urllib.parse import quote, unquote
+
+from . import checksums
+from .errors import DestinationConflict, ObjectNotFound, PermissionDenied, SourceChanged, StoreError
+from .inventory import read_shard
+from .ledger import CUT_OVER, COPIED, FAILED, VERIFIED, Ledger, now
+from .policy import Policy
+from .stores.base import PROVENANCE_PREFIX, ObjectInfo, Store
+from .uris import ObjectRef, parse_uri
+
+log = logging.getLogger(__name__)
+
+DONE = (VERIFIED, CUT_OVER)
+
+
+class Verdict(str, enum.Enum):
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    NO_COMMON_HASH = "no_common_hash"
+    MISSING_DST = "missing_dst"
+    SOURCE_CHANGED = "source_changed"
+    ERROR = "error"
+
+
+@dataclass
+class CopyResult:
+    shard: int
+    objects: int = 0
+    bytes: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
+    already_present: int = 0
+    already_verified: int = 0
+    failed: int = 0
+    would_copy: int = 0
+    methods: Counter = field(default_factory=Counter)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["methods"] = dict(self.methods)
+        out["failures"] = self.failures[:20]
+        return out
+
+
+@dataclass
+class VerifyResult:
+    shard: int
+    objects: int = 0
+    verified: int = 0
+    verified_bytes: int = 0
+    already_verified: int = 0
+    not_copied: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+    algorithms: Counter = field(default_factory=Counter)
+    methods: Counter = field(default_factory=Counter)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for v, n in self.verdicts.items() if v != Verdict.MATCH.value)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("verdicts", "algorithms", "methods"):
+            out[key] = dict(getattr(self, key))
+        out["failed"] = self.failed
+        out["failures"] = self.failures[:20]
+        return out
+
+
+def provenance_metadata(migration_id: str, src: ObjectInfo) -> dict[str, str]:
+    """User metadata recording where a copy came from. ASCII only (S3's rule):
+    the URI is percent-encoded."""
+    md = {
+        "migration": migration_id,
+        "source-uri": quote(src.ref.uri, safe=":/"),
+        "source-etag": (src.etag or "").strip('"'),
+        "copied-at": now(),
+    }
+    if src.version:
+        md["source-version"] = src.version
+    for algorithm, value in sorted(src.checksums.items()):
+        md[f"source-{algorithm}"] = value
+    return {PROVENANCE_PREFIX + k: v for k, v in md.items()}
+
+
+def written_by_us(dst: ObjectInfo, migration_id: str, src_uri: str) -> bool:
+    prov = dst.provenance
+    return prov.get("migration") == migration_id and unquote(prov.get("source-uri", "")) == src_uri
+
+
+def same_service(src: Store, dst: Store) -> bool:
+    """Server-side copy needs the same provider and the same service endpoint."""
+    return (
+        src.provider == dst.provider
+        and src.capabilities.server_side_copy
+        and dst.capabilities.server_side_copy
+        and getattr(src, "service", None) == getattr(dst, "service", None)
+    )
+
+
+def _expected(row: dict[str, Any], src: ObjectInfo | None) -> dict[str, str]:
+    expected = dict(row.get("src_checksums") or {})
+    if src is not None:
+        for algorithm, value in src.checksums.items():
+            expected.setdefault(algorithm, value)
+    return expected
+
+
+def _pin(src_store: Store, row: dict[str, Any]) -> ObjectInfo:
+    """The inventoried version of the source, which must still be the current one.
+
+    Raises SourceChanged when the object is gone or was overwritten since the
+    inventory: a copy of an older version must not be verified or cut over, or
+    the application would lose the newer write. Copies still name the pinned
+    version (VersionId / ETag precondition) so a change after this check is caught
+    by the server.
+    """
+    ref = parse_uri(row["src_uri"])
+    try:
+        info = src_store.stat(ref)
+    except ObjectNotFound as exc:
+        raise SourceChanged(ref.uri, f"source object is gone ({exc.reason}); re-run inventory") from exc
+    pinned_version = row.get("src_version")
+    if pinned_version and info.version != pinned_version:
+        raise SourceChanged(
+            ref.uri, f"current version is {info.version}, inventoried {pinned_version}; re-run inventory to re-queue"
+        )
+    if row.get("src_etag") and info.etag != row["src_etag"]:
+        raise SourceChanged(
+            ref.uri, f"ETag is now {info.etag}, inventoried {row['src_etag']}; re-run inventory to re-queue"
+        )
+    return info
+
+
+def _matches(src_sums: dict[str, str], dst: ObjectInfo, size: int) -> bool:
+    algorithm = checksums.common_algorithm(src_sums, dict(dst.checksums))
+    return dst.size == size and algorithm is not None and src_sums[algorithm] == dst.checksums[algorithm]
+
+
+def copy_shard(
+    policy: Policy,
+    ledger: Ledger,
+    shard: dict[str, Any],
+    src_store: Store,
+    dst_store: Store,
+    *,
+    dry_run: bool = False,
+) -> CopyResult:
+    """Copy the objects of one manifest shard; one outcome per object in the ledger."""
+    result = CopyResult(shard=shard["shard"], dry_run=dry_run)
+    records = list(read_shard(shard["path"]))
+    rows = ledger.get_objects(policy.migration_id, (r["src_uri"] for r in records))
+    server_side = same_service(src_store, dst_store)
+
+    def one(record: dict[str, Any]) -> None:
+        row = rows.get(record["src_uri"])
+        result.objects += 1
+        result.bytes += record["size"]
+        if row is None:
+            _fail(result, ledger, policy, record["src_uri"], "not in the ledger: inventory was not recorded")
+            return
+        if row["state"] in DONE:
+            result.already_verified += 1
+            log.info("copy %s: skipped, already verified at %s", row["src_uri"], row["dst_uri"])
+            return
+        if dry_run:
+            result.would_copy += 1
+            log.info("copy %s -> %s: would copy %d bytes (dry run)", row["src_uri"], row["dst_uri"], row["size"])
+            return
+        try:
+            action, method = _copy_one(policy, row, src_store, dst_store, server_side)
+        except StoreError as exc:
+            _fail(result, ledger, policy, row["src_uri"], f"{type(exc).__name__}: {exc.reason}", row)
+            return
+        ledger.update_object(
+            policy.migration_id, row["src_uri"], state=COPIED, copy_action=action, copy_method=method,
+            reason=None, attempts=row["attempts"] + 1,
+        )
+        if action == "copied":
+            result.copied += 1
+            result.copied_bytes += row["size"]
+            result.methods[method] += 1
+        else:
+            result.already_present += 1
+
+    with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
+        list(pool.map(one, records))
+    log.info(
+        "copy shard %d summary: %d objects, %d copied (%d bytes), %d already present, %d already verified, %d failed",
+        result.shard, result.objects, result.copied, result.copied_bytes, result.already_present,
+        result.already_verified, result.failed,
+    )
+    return result
+
+
+def _copy_one(
+    policy: Policy, row: dict[str, Any], src_store: Store, dst_store: Store, server_side: bool
+) -> tuple[str, str]:
+    src = _pin(src_store, row)
+    dst_ref = parse_uri(row["dst_uri"])
+    expected = _expected(row, src)
+    replace = False
+    try:
+        existing = dst_store.stat(dst_ref)
+    except ObjectNotFound:
+        existing = None
+    if existing is not None:
+        if _matches(expected, existing, src.size):
+            log.info("copy %s -> %s: already present with the same content, not copied", src.ref.uri, dst_ref.uri)
+            return "already_present", "none"
+        if written_by_us(existing, policy.migration_id, src.ref.uri):
+            log.warning(
+                "copy %s -> %s: replacing this migration's earlier copy (source etag was %s)",
+                src.ref.uri, dst_ref.uri, existing.provenance.get("source-etag"),
+            )
+            replace = True
+        else:
+            raise DestinationConflict(
+                dst_ref.uri, "a different object already exists there and was not written by this migration; not overwritten"
+            )
+    metadata = dict(src.metadata)
+    metadata = {k: v for k, v in metadata.items() if not k.startswith(PROVENANCE_PREFIX)}
+    metadata.update(provenance_metadata(policy.migration_id, src))
+    if server_side:
+        try:
+            dst_store.copy(src, dst_ref, metadata=metadata, create_only=not replace)
+            threshold = getattr(getattr(dst_store, "transfer", None), "multipart_threshold", float("inf"))
+            method = "server_side_multipart" if src.size > threshold else "server_side"
+            log.info("copy %s -> %s: copied %d bytes (%s)", src.ref.uri, dst_ref.uri, src.size, method)
+            return "copied", method
+        except PermissionDenied as exc:
+            log.warning(
+                "copy %s: destination credentials cannot read the source (%s); streaming instead",
+                src.ref.uri, exc.reason,
+            )
+    dst_store.write(
+        dst_ref,
+        src_store.read(src.ref, version=src.version),
+        content_type=src.content_type,
+        metadata=metadata,
+        headers=src.headers,
+        create_only=not replace,
+    )
+    log.info("copy %s -> %s: copied %d bytes (streamed)", src.ref.uri, dst_ref.uri, src.size)
+    return "copied", "streamed"
+
+
+def _fail(
+    result: CopyResult | VerifyResult,
+    ledger: Ledger,
+    policy: Policy,
+    src_uri: str,
+    reason: str,
+    row: dict[str, Any] | None = None,
+) -> None:
+    log.error("%s %s: FAILED: %s", "copy" if isinstance(result, CopyResult) else "verify", src_uri, reason)
+    result.failures.append({"src_uri": src_uri, "reason": reason})
+    if isinstance(result, CopyResult):
+        result.failed += 1
+    if row is not None:
+        ledger.update_object(policy.migration_id, src_uri, state=FAILED, reason=reason, attempts=row["attempts"] + 1)
+
+
+def verify_shard(
+    policy: Policy,
+    ledger: Ledger,
+    shard: dict[str, Any],
+    src_store: Store,
+    dst_store: Store,
+) -> VerifyResult:
+    """Verify every copied object of one shard; verdicts go into the ledger."""
+    result = VerifyResult(shard=shard["shard"])
+    records = list(read_shard(shard["path"]))
+    rows = ledger.get_objects(policy.migration_id, (r["src_uri"] for r in records))
+
+    def one(record: dict[str, Any]) -> None:
+        row = rows.get(record["src_uri"])
+        result.objects += 1
+        if row is None or row["state"] not in (COPIED, *DONE):
+            result.not_copied += 1
+            return
+        if row["state"] in DONE:
+            result.already_verified += 1
+            return
+        verdict, detail = _verify_one(row, src_store, dst_store)
+        result.verdicts[verdict.value] += 1
+        if verdict is Verdict.MATCH:
+            result.verified += 1
+            result.verified_bytes += row["size"]
+            result.algorithms[detail["algorithm"]] += 1
+            result.methods[detail["method"]] += 1
+            ledger.update_object(
+                policy.migration_id, row["src_uri"], state=VERIFIED, verify_algorithm=detail["algorithm"],
+                verify_method=detail["method"], dst_checksums=detail["dst"], reason=None,
+            )
+            log.info(
+                "verify %s -> %s: MATCH %s %s (%s)",
+                row["src_uri"], row["dst_uri"], detail["algorithm"], detail["dst"][detail["algorithm"]], detail["method"],
+            )
+        else:
+            reason = f"{verdict.value}: {detail.get('reason', '')}"
+            _fail(result, ledger, policy, row["src_uri"], reason, row)
+
+    with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
+        list(pool.map(one, records))
+    log.info(
+        "verify shard %d summary: %d objects, %d verified (%d bytes), %d already verified, %d not copied, verdicts %s",
+        result.shard, result.objects, result.verified, result.verified_bytes, result.already_verified,
+        result.not_copied, dict(result.verdicts),
+    )
+    return result
+
+
+def _verify_one(row: dict[str, Any], src_store: Store, dst_store: Store) -> tuple[Verdict, dict[str, Any]]:
+    try:
+        src = _pin(src_store, row)
+    except SourceChanged as exc:
+        return Verdict.SOURCE_CHANGED, {"reason": exc.reason}
+    except StoreError as exc:
+        return Verdict.ERROR, {"reason": f"source: {exc}"}
+    try:
+        dst = dst_store.stat(parse_uri(row["dst_uri"]))
+    except ObjectNotFound:
+        return Verdict.MISSING_DST, {"reason": f"{row['dst_uri']} does not exist"}
+    except StoreError as exc:
+        return Verdict.ERROR, {"reason": f"destination: {exc}"}
+    if dst.size != src.size:
+        return Verdict.MISMATCH, {"reason": f"size {dst.size} at destination, {src.size} at source"}
+    expected = _expected(row, src)
+    dst_sums = dict(dst.checksums)
+    algorithm = checksums.common_algorithm(expected, dst_sums)
+    method = "server_reported"
+    try:
+        if algorithm is None:
+            # No hash both servers report: read the destination back and hash it the
+            # way the source already is; if the source has nothing either, hash both.
+            method = "read_back"
+            wanted = [a for a in ("crc32c", "md5", "sha256") if a in expected] or ["crc32c", "md5"]
+            computed, size = checksums.hash_stream(dst_store.read(dst.ref), wanted)
+            if size != src.size:
+                return Verdict.MISMATCH, {"reason": f"read back {size} bytes, source has {src.size}"}
+            dst_sums.update(computed)
+            if not any(a in expected for a in wanted):
+                method = "read_back_both"
+                src_sums, _ = checksums.hash_stream(src_store.read(src.ref, version=src.version), wanted)
+                expected.update(src_sums)
+            algorithm = checksums.common_algorithm(expected, dst_sums)
+    except StoreError as exc:
+        return Verdict.ERROR, {"reason": f"read back: {exc}"}
+    if algorithm is None:
+        return Verdict.NO_COMMON_HASH, {"reason": f"source has {sorted(expected)}, destination {sorted(dst_sums)}"}
+    if expected[algorithm] != dst_sums[algorithm]:
+        return Verdict.MISMATCH, {
+            "reason": f"{algorithm} {dst_sums[algorithm]} at destination, {expected[algorithm]} expected",
+        }
+    return Verdict.MATCH, {"algorithm": algorithm, "method": method, "dst": dst_sums}
