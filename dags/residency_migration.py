@@ -144,4 +144,4 @@ def residency_migration():
     check_complete(report)
 
 
-residency_migration()
+dag = residency_migration()

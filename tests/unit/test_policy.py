@@ -1,0 +1,133 @@
+"""Policy validation: every bad field fails before any work, naming the field and value."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from residency.errors import PolicyError
+from residency.pipeline import validate_params
+from residency.policy import MiB, load_policy, parse_policy
+
+GOOD = {
+    "migration_id": "line-media-jp",
+    "home_jurisdiction": "JP",
+    "sources": [
+        {"uri": "s3://seoul-line-photos", "conn_id": "aws_seoul"},
+        {"uri": "s3://seoul-line-media/prefix/", "conn_id": "aws_seoul"},
+    ],
+    "destinations": {"s3": {"uri": "s3://tokyo-line-media", "conn_id": "aws_tokyo"}},
+    "selection": {"media_types": ["image", "video"], "exclude_prefixes": ["tmp/"]},
+    "transfer": {"multipart_threshold_mb": 16, "part_size_mb": 8, "shard_size": 50, "workers": 4},
+    "references": {
+        "database_url": "sqlite:///app.db",
+        "columns": [{"table": "photos", "key": "id", "column": "url"}],
+    },
+    "revoke": [
+        {"conn_id": "aws_iam", "user": "line-affiliate-cn", "access_keys": ["AKIAABCDEFGHIJKLMNOP"],
+         "probe_conn_id": "affiliate_probe", "probe_uri": "s3://seoul-line-photos"}
+    ],
+}
+
+
+def with_change(path: str, value):
+    doc = copy.deepcopy(GOOD)
+    target = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        target = target[int(part)] if part.isdigit() else target[part]
+    last = parts[-1]
+    if value is KeyError:
+        del target[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return doc
+
+
+def test_good_policy_parses(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(GOOD, allow_unicode=True))
+    policy = load_policy(path)
+    assert policy.migration_id == "line-media-jp"
+    assert len(policy.sha256) == 64
+    assert policy.transfer.multipart_threshold == 16 * MiB
+    assert policy.sources[1].prefix == "prefix/"
+    assert policy.route(policy.sources[0]) == "s3->s3"
+    assert policy.references.database_url == f"sqlite:///{tmp_path / 'app.db'}"  # relative to the policy
+    assert policy.ledger_url.startswith("sqlite:///") and str(tmp_path) in policy.ledger_url
+    dst = policy.destination_for(policy.sources[0]).dst_ref(policy.sources[0].ref.with_key("a/b.jpg"))
+    assert dst.uri == "s3://tokyo-line-media/seoul-line-photos/a/b.jpg"
+
+
+@pytest.mark.parametrize(
+    "path, value, field",
+    [
+        pytest.param("migration_id", "Bad Id!", "migration_id", id="migration id charset"),
+        pytest.param("migration_id", KeyError, "migration_id", id="missing migration id"),
+        pytest.param("home_jurisdiction", "Japan", "home_jurisdiction", id="country not iso"),
+        pytest.param("sources", [], "sources", id="no sources"),
+        pytest.param("sources.0.uri", "https://seoul", "sources[0].uri", id="source uri scheme"),
+        pytest.param("sources.0.conn_id", "bad conn id", "sources[0].conn_id", id="conn id charset"),
+        pytest.param("sources.1.uri", "s3://seoul-line-photos", "sources[1].uri", id="listed twice"),
+        pytest.param("sources.0.to", "gs", "sources[0].to", id="route without destination"),
+        pytest.param("sources.0.colour", "red", "sources[0].colour", id="unknown source field"),
+        pytest.param("destinations.s3.uri", "gs://tokyo", "destinations.s3.uri", id="destination provider mismatch"),
+        pytest.param("destinations.s3.key_template", "{bucket}/x", "destinations.s3.key_template",
+                     id="template without key"),
+        pytest.param("destinations.s3.uri", "s3://seoul-line-photos", "sources[0].uri", id="source is destination"),
+        pytest.param("selection.media_types", ["image", "pdf"], "selection.media_types", id="media type"),
+        pytest.param("transfer.part_size_mb", 4, "transfer.part_size_mb", id="part below s3 minimum"),
+        pytest.param("transfer.part_size_mb", 32, "transfer.part_size_mb", id="part above threshold"),
+        pytest.param("transfer.workers", "8", "transfer.workers", id="workers not int"),
+        pytest.param("transfer.shard_size", 0, "transfer.shard_size", id="shard size zero"),
+        pytest.param("references.columns", [{"table": "photos; drop", "key": "id", "column": "url"}],
+                     "references.columns[0].table", id="sql identifier"),
+        pytest.param("references.database_url", "app.db", "references.database_url", id="db url"),
+        pytest.param("revoke.0.access_keys", ["not-a-key"], "revoke[0].access_keys", id="access key id"),
+        pytest.param("revoke.0.user", "a b", "revoke[0].user", id="iam user name"),
+        pytest.param("revoke.0.probe_uri", KeyError, "revoke[0].probe_uri", id="probe without uri"),
+        pytest.param("unexpected", 1, "unexpected", id="unknown top-level field"),
+    ],
+)
+def test_bad_field_is_named_with_its_value(path, value, field):
+    with pytest.raises(PolicyError) as err:
+        parse_policy(with_change(path, value))
+    assert err.value.field == field
+    assert f"'{field}'" in str(err.value)
+    if value is not KeyError and field == path.replace(".0.", "[0].").replace(".1.", "[1]."):
+        assert repr(value) in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(PolicyError, match="policy_path"):
+        load_policy(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: [unclosed")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [({}, "params.policy_path"), ({"policy_path": "  "}, "params.policy_path"),
+     ({"policy_path": "p.yaml", "dry_run": "yes"}, "params.dry_run")],
+)
+def test_bad_params(params, field):
+    with pytest.raises(PolicyError) as err:
+        validate_params(params)
+    assert err.value.field == field
+
+
+def test_selection_rules():
+    policy = parse_policy(GOOD)
+    sel = policy.selection
+    assert sel.media_type("a.JPG", "image/jpeg") == "image"
+    assert sel.media_type("a.bin", "image/png; charset=binary") == "image"
+    assert sel.media_type("a.mp4", "application/octet-stream") == "video"
+    assert sel.media_type("a.jpg", "application/json") is None
+    assert sel.media_type("a.mp3", "audio/mpeg") is None  # audio not selected by this policy
+    assert sel.media_type("tmp/a.jpg", "image/jpeg") is None  # excluded prefix
