@@ -1,0 +1,599 @@
+"""The overseas estate: Seoul buckets, a foreign affiliate, and an application database.
+
+:func:`seed_estate` builds, on a running :class:`~.servers.MotoServer` with IAM
+enforcement on, everything a migration run needs to find, deterministically from
+one integer seed:
+
+- ``seoul-line-photos`` (ap-northeast-2, versioning enabled; one object has an
+  older version), ``seoul-line-media`` (ap-northeast-2, unversioned, so the copy
+  engine must pin by ETag), and the domestic ``tokyo-line-media`` (ap-northeast-1)
+  already holding one unrelated object.
+- Media objects whose bytes start with real magic numbers (JPEG, PNG, WebP, GIF,
+  MP4, M4A, MP3), with awkward keys (spaces, Japanese, Korean, ``+``, a literal
+  ``%``, deep prefixes), legacy ``application/octet-stream`` uploads selected by
+  extension, content headers and user metadata, about half with a full-object
+  CRC32C (modern uploads) and the rest with nothing but an ETag (legacy uploads),
+  one real multipart upload (multipart ETag) and one large single-part object.
+  Non-media objects (logs, JSON, text, a ``.jpg`` key whose content type is JSON)
+  stay out of scope.
+- IAM users ``residency-migrator`` (S3 on the three buckets, key management on the
+  affiliate) and ``line-affiliate-cn`` (read-only on the Seoul buckets), each with
+  an access key.
+- ``app.db``: SQLite tables whose URL columns reference the media in every style
+  (``s3://``, virtual-hosted, path-style), plus NULLs, foreign hosts, references
+  to non-media objects and one dangling reference.
+- ``policy.yaml``: the migration policy for all of the above.
+
+The server must be fresh (no such buckets or users yet): call
+:meth:`~.servers.MotoServer.reset` between estates.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import random
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import google_crc32c
+import sqlalchemy as sa
+
+from ..clients import AwsCredentials
+from ..policy import Selection
+from ..uris import ObjectRef, UrlStyle, format_url, parse_url
+from .servers import MotoServer
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * 1024
+
+SEOUL = "ap-northeast-2"
+TOKYO = "ap-northeast-1"
+PHOTOS_BUCKET = "seoul-line-photos"
+MEDIA_BUCKET = "seoul-line-media"
+DESTINATION_BUCKET = "tokyo-line-media"
+SOURCE_BUCKETS = (PHOTOS_BUCKET, MEDIA_BUCKET)
+MIGRATOR_USER = "residency-migrator"
+AFFILIATE_USER = "line-affiliate-cn"
+PART_SIZE = 8 * MiB
+
+SCALES = ("small", "demo")
+
+# Magic numbers so that content sniffers (and people with `xxd`) see real formats.
+_MAGIC = {
+    "jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00",
+    "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    "gif": b"GIF89a",
+    "mp4": b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2",
+    "m4a": b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00M4A isom",
+    "mp3": b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x64",
+}
+_CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "mp4": "video/mp4",
+    "m4a": "audio/mp4",
+    "mp3": "audio/mpeg",
+}
+
+
+@dataclass(frozen=True)
+class Estate:
+    """What :func:`seed_estate` built; the counts are what a correct inventory finds.
+
+    ``migrator`` and ``affiliate`` carry the endpoint and a default region
+    (ap-northeast-2); ask ``.client(service, region)`` for other regions.
+    """
+
+    endpoint_url: str
+    workdir: Path
+    policy_path: Path
+    app_db_url: str
+    migrator: AwsCredentials
+    affiliate: AwsCredentials
+    affiliate_user: str
+    source_buckets: tuple[str, ...]
+    destination_bucket: str
+    media_objects: int
+    media_bytes: int
+    other_objects: int
+    references: int
+    """URL cells in the app db that point into a Seoul bucket (media, non-media or dangling)."""
+    media_references: int = 0
+    """Of ``references``, those naming an existing in-scope media object (what a cutover rewrites)."""
+
+    def connection_env(self) -> dict[str, str]:
+        """Airflow connections as ``AIRFLOW_CONN_<ID>`` environment variables (JSON form).
+
+        The values contain secret keys: put them in a child process environment,
+        never in a log.
+        """
+        conns = {
+            "aws_seoul": (self.migrator, SEOUL),
+            "aws_tokyo": (self.migrator, TOKYO),
+            "aws_iam": (self.migrator, "us-east-1"),
+            "affiliate_probe": (self.affiliate, SEOUL),
+        }
+        return {
+            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps({
+                "conn_type": "aws",
+                "login": creds.access_key_id,
+                "password": creds.secret_access_key,
+                "extra": {"region_name": region, "endpoint_url": self.endpoint_url},
+            })
+            for conn_id, (creds, region) in conns.items()
+        }
+
+
+@dataclass
+class _Obj:
+    """One object to upload. The body is generated at upload time from ``body_seed``."""
+
+    bucket: str
+    key: str
+    kind: str  # jpg, png, webp, gif, mp4, m4a, mp3, or a non-media kind (text, json)
+    size: int
+    body_seed: int
+    content_type: str | None  # None: let the server default it (binary/octet-stream)
+    crc32c: bool = False  # send a full-object CRC32C (a modern upload)
+    multipart: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # CacheControl, Metadata, ...
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("s3", self.bucket, self.key)
+
+    def body(self) -> bytes:
+        if self.size == 0:
+            return b""
+        rnd = random.Random(self.body_seed)
+        if self.kind == "text":
+            lines = [f"2021-03-15T00:{i // 60 % 60:02d}:{i % 60:02d}Z INFO request served id={rnd.getrandbits(32):08x}"
+                     for i in range(self.size // 60 + 1)]
+            return "\n".join(lines).encode()[: self.size]
+        if self.kind == "json":
+            doc = {"album": 1001, "photos": [rnd.getrandbits(24) for _ in range(self.size // 10 + 1)]}
+            return json.dumps(doc).encode()[: self.size]
+        if self.kind == "webp":
+            head = b"RIFF" + struct.pack("<I", max(self.size - 8, 0)) + b"WEBPVP8 "
+        else:
+            head = _MAGIC[self.kind]
+        head = head[: self.size]
+        return head + rnd.randbytes(self.size - len(head))
+
+
+class _Plan:
+    """The deterministic catalogue of objects and database rows, before any upload."""
+
+    def __init__(self, scale: str, seed: int) -> None:
+        self.rnd = random.Random(seed)
+        self.small = scale == "small"
+        self.objects: list[_Obj] = []
+        self.overwritten: list[_Obj] = []  # earlier versions, uploaded first
+        self.users: list[dict[str, Any]] = []
+        self.photos: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self._media_refs: dict[str, int] = {}  # uri -> times referenced
+
+    # -- objects ------------------------------------------------------------
+
+    def _size(self, lo: int, hi: int) -> int:
+        return int(math.exp(self.rnd.uniform(math.log(lo), math.log(hi))))
+
+    def _image_size(self) -> int:
+        if self.small:
+            return self._size(3 * KiB, 200 * KiB)
+        if self.rnd.random() < 0.85:
+            return self._size(4 * KiB, 600 * KiB)
+        return self._size(600 * KiB, 3 * MiB)
+
+    def add(self, bucket: str, key: str, kind: str, size: int, *, content_type: str | None = "",
+            crc32c: bool | None = None, multipart: bool = False, **extra: Any) -> _Obj:
+        """Add an object; ``content_type=""`` means the precise type of ``kind``."""
+        if content_type == "":
+            content_type = _CONTENT_TYPES.get(kind)
+            # Legacy uploads: a generic type, so only the extension tells it is media.
+            if content_type and self.rnd.random() < 0.10:
+                content_type = "application/octet-stream"
+        if crc32c is None:
+            crc32c = self.rnd.random() < 0.5
+        if kind in _CONTENT_TYPES and not extra and self.rnd.random() < 0.06:
+            uploader = str(self.rnd.randint(10000, 99999))
+            extra = {"CacheControl": "public, max-age=31536000", "Metadata": {"uploader-id": uploader}}
+        obj = _Obj(bucket, key, kind, size, self.rnd.getrandbits(64), content_type, crc32c, multipart, dict(extra))
+        self.objects.append(obj)
+        return obj
+
+    def _image(self, bucket: str, key_stem: str) -> _Obj:
+        kind = self.rnd.choice(("jpg", "jpg", "jpg", "png", "webp", "gif"))
+        return self.add(bucket, f"{key_stem}.{kind}", kind, self._image_size())
+
+    def build(self) -> None:
+        small, rnd = self.small, self.rnd
+        n_users, n_photos, n_attach, n_audio, n_video, n_stickers = (
+            (5, 6, 4, 3, 0, 1) if small else (40, 110, 40, 20, 8, 8)
+        )
+
+        # seoul-line-photos: avatars, photos with thumbnails, one user video.
+        user_ids = [1001 + i for i in range(n_users)]
+        for uid in user_ids:
+            avatar = self.add(PHOTOS_BUCKET, f"users/{uid}/avatar.jpg", "jpg", self._size(8 * KiB, 120 * KiB))
+            self.users.append({"id": uid, "name": f"user-{uid}", "avatar": avatar})
+        # One avatar was replaced: the bucket holds an older version under the same key.
+        first = self.users[0]["avatar"]
+        self.overwritten.append(
+            _Obj(first.bucket, first.key, "jpg", first.size // 2 + 1, rnd.getrandbits(64), "image/jpeg")
+        )
+        self.users.append({"id": user_ids[-1] + 1, "name": "user-without-avatar", "avatar": None})
+
+        photo_objs: list[tuple[int, _Obj]] = []
+        for i in range(n_photos):
+            uid = rnd.choice(user_ids)
+            month = rnd.randint(1, 12)
+            photo_objs.append((uid, self._image(PHOTOS_BUCKET, f"users/{uid}/photos/2021/{month:02d}/IMG_{i + 1:04d}")))
+        photo_objs.append((1001, self.add(
+            PHOTOS_BUCKET, "users/1001/アルバム/夏 休み.jpg", "jpg", self._image_size(),
+            CacheControl="private, max-age=600", ContentLanguage="ja",
+            ContentDisposition="inline; filename*=UTF-8''%E5%A4%8F%20%E4%BC%91%E3%81%BF.jpg",
+            Metadata={"uploader-id": "12345"},
+        )))
+        photo_objs.append((1002, self.add(
+            PHOTOS_BUCKET, "사진/2021/03/가족 사진.png", "png", self._image_size(), content_type="application/octet-stream",
+        )))
+        photo_objs.append((1001, self.add(
+            PHOTOS_BUCKET, "users/1001/photos/no-type.jpg", "jpg", self._image_size(), content_type=None,
+        )))
+        # The large single-part object: crosses the multipart threshold, ETag is a plain MD5.
+        big_single = 16 * MiB + rnd.randint(64 * KiB, 300 * KiB) if small else 22 * MiB + rnd.randint(0, MiB)
+        photo_objs.append((1002, self.add(
+            PHOTOS_BUCKET, "users/1002/videos/2021/05/VID 0001.mp4", "mp4", big_single, crc32c=False,
+        )))
+        for i, (uid, photo) in enumerate(photo_objs):
+            stem = photo.key.rsplit(".", 1)[0]
+            thumb = self.add(PHOTOS_BUCKET, f"thumbs/{stem}.jpg", "jpg", self._size(3 * KiB, 40 * KiB))
+            self.photos.append({"id": i + 1, "user_id": uid, "photo": photo, "thumb": thumb})
+
+        # seoul-line-media: message attachments, voice, music, video, stickers.
+        media_objs: list[_Obj] = []
+        for i in range(n_attach):
+            day = rnd.randint(1, 28)
+            media_objs.append(self._image(MEDIA_BUCKET, f"attachments/2021/03/{day:02d}/{5000 + i}/image"))
+        for i in range(n_audio):
+            kind = rnd.choice(("m4a", "mp3"))
+            prefix = "voice" if kind == "m4a" else "music"
+            hi = 400 * KiB if small else 5 * MiB
+            key = f"{prefix}/2021/04/{7000 + i}.{kind}"
+            media_objs.append(self.add(MEDIA_BUCKET, key, kind, self._size(100 * KiB, hi)))
+        for i in range(n_video):
+            key = f"video/2021/06/{8000 + i}.mp4"
+            media_objs.append(self.add(MEDIA_BUCKET, key, "mp4", self._size(2 * MiB, 8 * MiB)))
+        for i in range(n_stickers):
+            key = f"stickers/pack-{i}/{i}.gif"
+            media_objs.append(self.add(MEDIA_BUCKET, key, "gif", self._size(2 * KiB, 60 * KiB)))
+        media_objs += [
+            self.add(MEDIA_BUCKET, "stickers/Summer Sale 2021/banner final (1).gif", "gif", 48 * KiB,
+                     content_type="image/gif"),
+            self.add(MEDIA_BUCKET, "img/a+b%20c.webp", "webp", self._image_size(), content_type="image/webp",
+                     crc32c=True),
+            self.add(MEDIA_BUCKET, "img/placeholder-0.png", "png", 0, content_type="image/png", crc32c=True),
+        ]
+        big_multi = 17 * MiB + rnd.randint(0, 64 * KiB) if small else 34 * MiB + rnd.randint(0, MiB)
+        media_objs.append(self.add(
+            MEDIA_BUCKET, "media/u/7/7a/7a3/2021/03/15/VID_20210315_120000.mp4", "mp4", big_multi,
+            content_type="video/mp4", crc32c=True, multipart=True, Metadata={"uploader-id": "12345"},
+        ))
+
+        # Out of scope: not media by content type, or media extension with a specific non-media type.
+        log_obj = self.add(MEDIA_BUCKET, "logs/2021/03/15/app.log", "text", 6 * KiB, content_type="text/plain")
+        json_obj = self.add(MEDIA_BUCKET, "meta/album-1001.json", "json", 2 * KiB, content_type="application/json")
+        self.add(PHOTOS_BUCKET, "docs/terms.txt", "text", 3 * KiB, content_type="text/plain; charset=utf-8")
+        fake_jpg = self.add(PHOTOS_BUCKET, "meta/export-1001.jpg", "json", 1 * KiB, content_type="application/json")
+
+        # -- messages ----------------------------------------------------------
+        styles = (UrlStyle.S3_URI, UrlStyle.S3_VIRTUAL, UrlStyle.S3_PATH)
+        cells: list[str | None] = []
+        for i, obj in enumerate(media_objs):
+            cells.append(self.url(obj, styles[i % 3]))
+            if rnd.random() < 0.2:  # forwarded: the same attachment in another message
+                cells.append(self.url(obj, styles[(i + 1) % 3]))
+        special = next(o for o in media_objs if o.key == "img/a+b%20c.webp")
+        cells += [self.url(special, s) for s in styles]  # every style of the awkward key
+        cells.append(self.url(special, UrlStyle.S3_VIRTUAL, query="v=2"))  # cache buster
+        for _, photo in photo_objs[:: 7 if not small else 3]:  # photos shared in chats
+            cells.append(self.url(photo, UrlStyle.S3_VIRTUAL))
+        cells += [
+            self.url(log_obj, UrlStyle.S3_URI),
+            self.url(json_obj, UrlStyle.S3_VIRTUAL),
+            self.url(fake_jpg, UrlStyle.S3_PATH),
+            # Dangling: the object was deleted long ago.
+            format_url(ObjectRef("s3", MEDIA_BUCKET, "attachments/2021/03/15/deleted/lost.jpg"),
+                       UrlStyle.S3_VIRTUAL, SEOUL),
+            "https://cdn.example.jp/x.png",
+            "https://example.com/images/banner.jpg",
+            "https://s3.ap-northeast-1.amazonaws.com/someone-else-bucket/x.jpg",
+            "",
+            None, None, None,
+        ]
+        rnd.shuffle(cells)
+        self.messages = [
+            {"id": i + 1, "body": f"message {i + 1}", "attachment_url": url} for i, url in enumerate(cells)
+        ]
+
+    def url(self, obj: _Obj, style: UrlStyle, query: str = "") -> str:
+        self._media_refs[obj.ref.uri] = self._media_refs.get(obj.ref.uri, 0) + 1
+        return format_url(obj.ref, style, SEOUL, query)
+
+    def unreferenced(self) -> list[str]:
+        """Keys of media objects that no cell references (must be none)."""
+        referenced = set(self._media_refs)
+        for u in self.users:
+            if u["avatar"]:
+                referenced.add(u["avatar"].ref.uri)
+        for p in self.photos:
+            referenced.update((p["photo"].ref.uri, p["thumb"].ref.uri))
+        return [o.ref.uri for o in self.objects if o.kind in _CONTENT_TYPES and o.ref.uri not in referenced]
+
+    # -- database rows -------------------------------------------------------
+
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        return {
+            "users": [
+                {"id": u["id"], "name": u["name"],
+                 "avatar_url": format_url(u["avatar"].ref, UrlStyle.S3_VIRTUAL, SEOUL) if u["avatar"] else None}
+                for u in self.users
+            ],
+            "photos": [
+                {"id": p["id"], "user_id": p["user_id"],
+                 "url": format_url(p["photo"].ref, UrlStyle.S3_URI),
+                 "thumbnail_url": format_url(p["thumb"].ref, UrlStyle.S3_PATH, SEOUL)}
+                for p in self.photos
+            ],
+            "messages": self.messages,
+        }
+
+
+def _crc32c_b64(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
+
+
+def _put(client: Any, obj: _Obj) -> None:
+    body = obj.body()
+    kwargs: dict[str, Any] = {"Bucket": obj.bucket, "Key": obj.key, **obj.extra}
+    if obj.content_type:
+        kwargs["ContentType"] = obj.content_type
+    if obj.multipart:
+        _multipart_put(client, obj, body, kwargs)
+        return
+    if obj.crc32c:
+        # moto stores a checksum only when the algorithm header comes with the value.
+        kwargs.update(ChecksumAlgorithm="CRC32C", ChecksumCRC32C=_crc32c_b64(body))
+    client.put_object(Body=body, **kwargs)
+
+
+def _multipart_put(client: Any, obj: _Obj, body: bytes, kwargs: dict[str, Any]) -> None:
+    upload_id = client.create_multipart_upload(
+        ChecksumAlgorithm="CRC32C", ChecksumType="FULL_OBJECT", **kwargs
+    )["UploadId"]
+    try:
+        parts = []
+        for number, start in enumerate(range(0, len(body), PART_SIZE), start=1):
+            chunk = body[start:start + PART_SIZE]
+            crc = _crc32c_b64(chunk)
+            resp = client.upload_part(
+                Bucket=obj.bucket, Key=obj.key, UploadId=upload_id, PartNumber=number, Body=chunk, ChecksumCRC32C=crc
+            )
+            parts.append({"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32C": crc})
+        client.complete_multipart_upload(
+            Bucket=obj.bucket, Key=obj.key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+            ChecksumCRC32C=_crc32c_b64(body), ChecksumType="FULL_OBJECT",
+        )
+    except Exception:
+        client.abort_multipart_upload(Bucket=obj.bucket, Key=obj.key, UploadId=upload_id)
+        raise
+
+
+def _policy_document(statements: Iterable[dict[str, Any]]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def _bucket_arns(buckets: Iterable[str]) -> list[str]:
+    return [arn for b in buckets for arn in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
+
+
+def _create_user(iam: Any, user: str, policy: str) -> tuple[str, str]:
+    iam.create_user(UserName=user, Tags=[{"Key": "purpose", "Value": "residency-estate"}])
+    iam.put_user_policy(UserName=user, PolicyName=f"{user}-inline", PolicyDocument=policy)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    log.info("estate: IAM user %s with access key %s", user, key["AccessKeyId"])
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
+    if path.exists():
+        path.unlink()
+    url = f"sqlite:///{path.resolve()}"
+    meta = sa.MetaData()
+    tables = {
+        "users": sa.Table("users", meta, sa.Column("id", sa.Integer, primary_key=True),
+                          sa.Column("name", sa.Text, nullable=False), sa.Column("avatar_url", sa.Text)),
+        "photos": sa.Table("photos", meta, sa.Column("id", sa.Integer, primary_key=True),
+                           sa.Column("user_id", sa.Integer, nullable=False), sa.Column("url", sa.Text),
+                           sa.Column("thumbnail_url", sa.Text)),
+        "messages": sa.Table("messages", meta, sa.Column("id", sa.Integer, primary_key=True),
+                             sa.Column("body", sa.Text), sa.Column("attachment_url", sa.Text)),
+    }
+    engine = sa.create_engine(url)
+    try:
+        meta.create_all(engine)
+        with engine.begin() as conn:
+            for name, table in tables.items():
+                conn.execute(table.insert(), rows[name])
+    finally:
+        engine.dispose()
+    return url
+
+
+def _policy_yaml(migration_id: str, affiliate_key: str, shard_size: int) -> str:
+    return f"""\
+# Written by residency.localcloud.estate.seed_estate: the local demo estate.
+migration_id: {migration_id}
+home_jurisdiction: JP
+control_dir: control              # relative to this file
+sources:
+  - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul}}
+  - {{uri: s3://{MEDIA_BUCKET}, conn_id: aws_seoul}}
+destinations:
+  s3: {{uri: s3://{DESTINATION_BUCKET}, conn_id: aws_tokyo, key_template: "{{src_bucket}}/{{key}}"}}
+selection:
+  media_types: [image, video, audio]
+  exclude_prefixes: []
+transfer: {{multipart_threshold_mb: 16, part_size_mb: 8, shard_size: {shard_size}, workers: 4}}
+references:
+  database_url: sqlite:///app.db       # relative to this file
+  batch_size: 200
+  columns:
+    - {{table: users, key: id, column: avatar_url}}
+    - {{table: photos, key: id, column: url}}
+    - {{table: photos, key: id, column: thumbnail_url}}
+    - {{table: messages, key: id, column: attachment_url}}
+revoke:
+  - {{provider: aws, conn_id: aws_iam, user: {AFFILIATE_USER}, access_keys: [{affiliate_key}], probe_conn_id: affiliate_probe, probe_uri: s3://{PHOTOS_BUCKET}}}
+"""
+
+
+def seed_estate(
+    server: MotoServer,
+    admin: AwsCredentials,
+    workdir: Path,
+    *,
+    scale: str = "demo",
+    seed: int = 2021,
+    migration_id: str = "line-media-jp",
+) -> Estate:
+    """Build the overseas estate on ``server`` and write ``policy.yaml`` and ``app.db`` to ``workdir``.
+
+    Args:
+        server: a running moto server, normally with :meth:`~.servers.MotoServer.enforce_auth` on.
+        admin: credentials allowed to do everything (buckets, objects, IAM).
+        workdir: folder for ``policy.yaml`` and ``app.db`` (created if missing; ``app.db`` is replaced).
+        scale: ``"demo"`` (~350 media objects, ~180 MB) or ``"small"`` (~35 objects, < 40 MB).
+        seed: everything (keys, sizes, bytes, rows) is a function of this number.
+        migration_id: written into the policy.
+
+    Raises:
+        ValueError: ``scale`` is not one of :data:`SCALES`.
+        botocore.exceptions.ClientError: the server already holds these buckets or users.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    plan = _Plan(scale, seed)
+    plan.build()
+    missing = plan.unreferenced()
+    if missing:  # a bug in the plan, not a caller mistake
+        raise AssertionError(f"media objects without a reference: {missing}")
+
+    # Legacy uploads carry no additional checksum: keep botocore from adding CRC32 by itself.
+    clients = {
+        region: admin.client("s3", region, request_checksum_calculation="when_required")
+        for region in (SEOUL, TOKYO)
+    }
+    seoul, tokyo = clients[SEOUL], clients[TOKYO]
+    for bucket, client, region in (
+        (PHOTOS_BUCKET, seoul, SEOUL), (MEDIA_BUCKET, seoul, SEOUL), (DESTINATION_BUCKET, tokyo, TOKYO)
+    ):
+        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    seoul.put_bucket_versioning(Bucket=PHOTOS_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    tokyo.put_object(
+        Bucket=DESTINATION_BUCKET, Key="ops/README.txt", ContentType="text/plain",
+        Body=b"Tokyo media bucket. Owned by the platform team; not part of any migration.\n",
+    )
+
+    for old in plan.overwritten:
+        _put(seoul, old)
+    # Objects are independent and their bytes are fixed by the plan, so parallel
+    # uploads keep the estate deterministic.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda o: _put(seoul, o), plan.objects))
+
+    selection = Selection()
+    media_objects = media_bytes = other_objects = 0
+    for bucket in SOURCE_BUCKETS:
+        objs = [o for o in plan.objects if o.bucket == bucket]
+        media = [o for o in objs if selection.media_type(o.key, o.content_type)]
+        media_objects += len(media)
+        media_bytes += sum(o.size for o in media)
+        other_objects += len(objs) - len(media)
+        log.info(
+            "estate: s3://%s (%s, versioning %s): %s objects, %s media objects in scope (%s bytes), %s out of scope",
+            bucket, SEOUL, "enabled" if bucket == PHOTOS_BUCKET else "off", len(objs), len(media),
+            sum(o.size for o in media), len(objs) - len(media),
+        )
+    log.info("estate: s3://%s (%s): 1 unrelated object (ops/README.txt)", DESTINATION_BUCKET, TOKYO)
+
+    # IAM: the migrator and the affiliate whose access must end.
+    iam = admin.client("iam", "us-east-1")
+    migrator_id, migrator_secret = _create_user(iam, MIGRATOR_USER, _policy_document([
+        {"Sid": "MigrateBuckets", "Effect": "Allow", "Action": "s3:*",
+         "Resource": _bucket_arns((*SOURCE_BUCKETS, DESTINATION_BUCKET))},
+        # In AWS this statement would name arn:aws:iam::<account>:user/line-affiliate-cn.
+        # moto authorizes IAM actions against the resource "*" (it does not resolve the
+        # target user), so a user-scoped statement is always denied there; the scope
+        # to one user is therefore not something this estate can prove.
+        {"Sid": "RevokeAffiliate", "Effect": "Allow",
+         "Action": ["iam:ListAccessKeys", "iam:UpdateAccessKey", "iam:DeleteAccessKey",
+                    "iam:GetAccessKeyLastUsed", "iam:GetUser"],
+         "Resource": "*"},
+        {"Sid": "WhoAmI", "Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"},
+    ]))
+    affiliate_id, affiliate_secret = _create_user(iam, AFFILIATE_USER, _policy_document([
+        {"Sid": "ReadSeoul", "Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": _bucket_arns(SOURCE_BUCKETS)},
+    ]))
+
+    rows = plan.rows()
+    app_db_url = _write_db(workdir / "app.db", rows)
+    seoul_cells = media_cells = 0
+    in_scope = {o.ref.uri for o in plan.objects if selection.media_type(o.key, o.content_type)}
+    for table_rows in rows.values():
+        for row in table_rows:
+            for column in ("avatar_url", "url", "thumbnail_url", "attachment_url"):
+                parsed = parse_url(row.get(column) or "")
+                if parsed and parsed.ref.provider == "s3" and parsed.ref.bucket in SOURCE_BUCKETS:
+                    seoul_cells += 1
+                    media_cells += parsed.ref.uri in in_scope
+    log.info(
+        "estate: %s: users %s, photos %s, messages %s rows; %s URL cells point into Seoul (%s at media in scope)",
+        app_db_url, len(rows["users"]), len(rows["photos"]), len(rows["messages"]), seoul_cells, media_cells,
+    )
+
+    policy_path = workdir / "policy.yaml"
+    policy_path.write_text(_policy_yaml(migration_id, affiliate_id, 10 if scale == "small" else 100), encoding="utf-8")
+
+    return Estate(
+        endpoint_url=server.endpoint_url,
+        workdir=workdir,
+        policy_path=policy_path,
+        app_db_url=app_db_url,
+        migrator=server.credentials("aws_seoul", migrator_id, migrator_secret, SEOUL),
+        affiliate=server.credentials("affiliate_probe", affiliate_id, affiliate_secret, SEOUL),
+        affiliate_user=AFFILIATE_USER,
+        source_buckets=SOURCE_BUCKETS,
+        destination_bucket=DESTINATION_BUCKET,
+        media_objects=media_objects,
+        media_bytes=media_bytes,
+        other_objects=other_objects,
+        references=seoul_cells,
+        media_references=media_cells,
+    )
