@@ -70,7 +70,8 @@ def main() -> int:
         return 1
     evidence = json.loads(evidence_path.read_text())
     rec = evidence["reconciliation"]
-    refs = evidence.get("references", {})
+    refs = evidence.get("references", {}).get("cutover") or {}
+    residual = evidence.get("references", {}).get("residual_scan") or {}
     print()
     print(f"migration {evidence['migration_id']}  policy sha256:{evidence['policy']['sha256'][:16]}")
     for src in evidence["sources"]:
@@ -81,19 +82,24 @@ def main() -> int:
             f"verified {c['verified']['objects']}, failed {c['failed']['objects']}"
         )
     for route in evidence.get("routes", []):
+        c = route["counts"]
         print(
-            f"  route {route['route']}: copied {route['copied']['objects']} / verified {route['verified']['objects']} "
-            f"({human(route['verified']['bytes'])}) by {', '.join(f'{k} x{v}' for k, v in route['algorithms'].items())}"
+            f"  route {route['route']}: copied {c['copied']['objects']}, already present {c['already_present']['objects']}, "
+            f"verified {c['verified']['objects']} ({human(c['verified']['bytes'])}) by "
+            f"{', '.join(f'{k} x{v}' for k, v in route['algorithms'].items())} "
+            f"({', '.join(f'{k} x{v}' for k, v in route['methods'].items())})"
         )
     print(
-        f"  reconciliation: in scope {rec['in_scope']} = copied {rec['copied']} + already present "
-        f"{rec['already_present']}; verified {rec['verified']}; failed {rec['failed']}"
+        f"  reconciliation: in scope {rec['in_scope']['objects']} = copied {rec['copied']['objects']} + already present "
+        f"{rec['already_present']['objects']}; verified {rec['verified']['objects']}; failed {rec['failed']['objects']}; "
+        f"balanced: {rec.get('balanced')}"
     )
     print(
-        f"  references: rewritten {refs.get('rewritten', 0)}, residual {refs.get('residual', 0)} "
-        f"{refs.get('residual_by_reason', {})}"
+        f"  references: scanned {refs.get('scanned', 0)}, rewritten {refs.get('rewritten', 0)}, "
+        f"already rewritten {refs.get('already_rewritten', 0)}; still pointing overseas after cutover: "
+        f"{residual.get('residual', 0)} {residual.get('by_reason', {})}"
     )
-    for rev in evidence.get("revocations", []):
+    for rev in evidence.get("revocations", {}).get("records", []):
         print(f"  revoked {rev['principal']} key {rev['credential_id']}: denied afterwards = {rev['proof'].get('denied')}")
     print(f"  audit log: {evidence['audit_log']['records']} records, chain head {evidence['audit_log']['head'][:16]}")
     print(f"evidence: {OUT / 'evidence.json'}  {OUT / 'evidence.html'}")

@@ -285,11 +285,11 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     )
     evidence = files.evidence
     summary = {
-        "evidence_json": str(files.json_path),
-        "evidence_html": str(files.html_path),
+        "evidence_json": str(files.evidence_json),
+        "evidence_html": str(files.evidence_html),
         "complete": files.complete,
         "problems": evidence.get("problems", []),
         "reconciliation": evidence.get("reconciliation", {}),
     }
-    log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.json_path, files.complete)
+    log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.evidence_json, files.complete)
     return summary
