@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 _STATE = re.compile(r"DagRun Finished: .*?state=(\w+)")
-_TASK = re.compile(r"Marking task as (\w+)\..*?task_id=(\w+)")
+_END_TASK = re.compile(r"end task task_id=(\w+) map_index=(-?\d+)")
 
 
 @dataclass(frozen=True)
@@ -55,5 +55,13 @@ def run_dag_test(
         )
     text = log_path.read_text(encoding="utf-8", errors="replace")
     states = _STATE.findall(text)
-    failed = tuple(sorted({task for state, task in _TASK.findall(text) if state.upper() == "FAILED"}))
-    return DagRunOutcome(proc.returncode, states[-1] if states else "unknown", log_path, failed)
+    failed: set[str] = set()
+    last_state = ""
+    for line in text.splitlines():
+        if "new_state=" in line:
+            last_state = line.split("new_state=", 1)[1].split()[0]
+        elif match := _END_TASK.search(line):
+            if last_state == "failed":
+                failed.add(match.group(1))
+            last_state = ""
+    return DagRunOutcome(proc.returncode, states[-1] if states else "unknown", log_path, tuple(sorted(failed)))

@@ -1,0 +1,155 @@
+"""End to end: real `airflow dags test` runs of residency_migration on the seeded estate.
+
+Each run is a child process with its own Airflow home (SQLite metadata DB), the
+connections as AIRFLOW_CONN_* variables, and moto server with IAM enforcement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from residency.audit import verify_audit_log
+from residency.localcloud.dagrun import run_dag_test
+from residency.localcloud.estate import seed_estate
+from residency.localcloud.servers import MotoServer
+from residency.stores.s3 import S3Store
+from residency.uris import parse_url
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), str(ROOT / "dags")]),
+    }
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        env={**os.environ, **env}, check=True, capture_output=True,
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory):
+    work = tmp_path_factory.mktemp("estate")
+    with MotoServer(log_path=work / "moto.log") as server:
+        admin = server.enforce_auth()
+        yield seed_estate(server, admin, work, scale="small"), admin
+
+
+def run(estate, airflow_env, out: Path, **conf):
+    est, _ = estate
+    conf = {"policy_path": str(est.policy_path), "evidence_dir": str(out), "dry_run": False, **conf}
+    return run_dag_test("residency_migration", conf, env={**airflow_env, **est.connection_env()},
+                        log_path=out / "dag-run.log", timeout=900)
+
+
+def app_urls(est) -> list[str]:
+    db = sqlite3.connect(est.app_db_url.removeprefix("sqlite:///"))
+    try:
+        rows = db.execute(
+            "SELECT avatar_url FROM users UNION ALL SELECT url FROM photos UNION ALL "
+            "SELECT thumbnail_url FROM photos UNION ALL SELECT attachment_url FROM messages"
+        ).fetchall()
+    finally:
+        db.close()
+    return [r[0] for r in rows if r[0]]
+
+
+def test_bad_policy_fails_first_task_and_changes_nothing(estate, airflow_env, tmp_path):
+    est, admin = estate
+    bad = tmp_path / "bad-policy.yaml"
+    bad.write_text(est.policy_path.read_text().replace("home_jurisdiction: JP", "home_jurisdiction: Japan"))
+    before = app_urls(est)
+    outcome = run(estate, airflow_env, tmp_path / "out", policy_path=str(bad))
+    assert not outcome.succeeded
+    assert "plan" in outcome.failed_tasks
+    log = outcome.log_path.read_text()
+    assert "home_jurisdiction" in log and "'Japan'" in log
+    assert "BEGIN copy" not in log
+    dst = S3Store(admin.s3_client_factory())
+    assert [r.key for r in dst.list_objects(est.destination_bucket)] == ["ops/README.txt"]
+    assert app_urls(est) == before
+
+
+def test_dry_run_reports_and_changes_nothing(estate, airflow_env, tmp_path):
+    est, admin = estate
+    before = app_urls(est)
+    outcome = run(estate, airflow_env, tmp_path / "out", dry_run=True)
+    evidence = json.loads((tmp_path / "out" / "evidence.json").read_text())
+    assert evidence["run"]["dry_run"] is True and evidence["complete"] is False
+    assert "would copy" in outcome.log_path.read_text()
+    assert [r.key for r in S3Store(admin.s3_client_factory()).list_objects(est.destination_bucket)] == ["ops/README.txt"]
+    assert app_urls(est) == before
+    probe = est.affiliate.client("s3", "ap-northeast-2")
+    assert probe.list_objects_v2(Bucket=est.source_buckets[0], MaxKeys=1)["KeyCount"] == 1  # key still works
+
+
+def test_full_migration_then_safe_rerun(estate, airflow_env, tmp_path):
+    est, admin = estate
+    outcome = run(estate, airflow_env, tmp_path / "first")
+    assert outcome.succeeded, f"DAG run {outcome.state}; failed tasks {outcome.failed_tasks}; log {outcome.log_path}"
+
+    # Destination: every in-scope object, byte for byte.
+    store = S3Store(admin.s3_client_factory())
+    dst_keys = [r.key for r in store.list_objects(est.destination_bucket)]
+    assert len(dst_keys) == est.media_objects + 1  # plus the unrelated object that was already there
+
+    # References: every reference to a media object now points at Tokyo, in the same URL style.
+    urls = app_urls(est)
+    overseas = [u for u in urls if (p := parse_url(u)) and p.ref.bucket in est.source_buckets]
+    assert len(overseas) == est.references - est.media_references  # only non-media and dangling ones remain
+    tokyo = [p for u in urls if (p := parse_url(u)) and p.ref.bucket == est.destination_bucket]
+    assert len(tokyo) == est.media_references
+    for parsed in tokyo:
+        assert b"".join(store.read(parsed.ref)) is not None  # every rewritten URL resolves
+        if parsed.region:
+            assert parsed.region == "ap-northeast-1"
+
+    # Revocation: the affiliate's old key is refused by the server.
+    with pytest.raises(ClientError) as denied:
+        est.affiliate.client("s3", "ap-northeast-2").list_objects_v2(Bucket=est.source_buckets[0], MaxKeys=1)
+    assert denied.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+
+    # Evidence: reconciles, complete, audit chain intact.
+    evidence = json.loads((tmp_path / "first" / "evidence.json").read_text())
+    rec = evidence["reconciliation"]
+    assert evidence["complete"] is True, evidence["problems"]
+    assert rec["in_scope"]["objects"] == est.media_objects == rec["verified"]["objects"]
+    assert rec["in_scope"]["bytes"] == est.media_bytes
+    assert rec["copied"]["objects"] + rec["already_present"]["objects"] == rec["verified"]["objects"]
+    assert evidence["revocations"]["all_denied"] is True
+    assert evidence["references"]["cutover"]["rewritten"] == est.media_references
+    head = verify_audit_log(tmp_path / "first" / "audit.jsonl")
+    assert head.head == evidence["audit_log"]["head"]
+    log = outcome.log_path.read_text()
+    assert "BEGIN inventory: migration line-media-jp policy sha256:" in log
+    assert est.migrator.secret_access_key not in log and est.affiliate.secret_access_key not in log
+
+    # A re-run resumes: nothing copied twice, nothing rewritten twice, key still denied.
+    again = run(estate, airflow_env, tmp_path / "second")
+    assert again.succeeded, f"re-run {again.state}; failed tasks {again.failed_tasks}"
+    second = json.loads((tmp_path / "second" / "evidence.json").read_text())
+    assert second["complete"] is True
+    log2 = again.log_path.read_text()
+    summaries = re.findall(r"copy shard \d+ summary: (\d+) objects, (\d+) copied", log2)
+    assert summaries and all(copied == "0" for _, copied in summaries)
+    assert sum(int(n) for n, _ in summaries) == est.media_objects
+    assert second["references"]["cutover"]["rewritten"] == 0
+    assert second["references"]["cutover"]["already_rewritten"] == est.media_references
