@@ -14,7 +14,7 @@ export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/dags
 # Python clients honour AWS_CA_BUNDLE; the local cloud is plain HTTP on loopback.
 unexport AWS_PROFILE
 
-.PHONY: demo test unit install airflow-db clean
+.PHONY: demo test unit bench install airflow-db clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ demo: install airflow-db
 
 test: install airflow-db
 	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_copy.py
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

@@ -131,3 +131,12 @@ def test_selection_rules():
     assert sel.media_type("a.jpg", "application/json") is None
     assert sel.media_type("a.mp3", "audio/mpeg") is None  # audio not selected by this policy
     assert sel.media_type("tmp/a.jpg", "image/jpeg") is None  # excluded prefix
+
+
+def test_shipped_example_policy_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "include" / "policies" / "example.yaml"
+    policy = load_policy(example)
+    assert policy.migration_id == "line-media-jp"
+    assert policy.revocations[0].access_keys is None  # "all"
