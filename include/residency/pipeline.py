@@ -104,8 +104,8 @@ class Runtime:
 
 
 def _compact(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The counts of a result, without long lists, for log lines and audit records."""
-    return {k: v for k, v in result.items() if not isinstance(v, list) or len(v) <= 5}
+    """The counts of a result for log lines and audit records: lists become their length."""
+    return {k: (f"{len(v)} items" if isinstance(v, list) and len(v) > 3 else v) for k, v in result.items()}
 
 
 # -- phases ------------------------------------------------------------------
