@@ -25,7 +25,14 @@ from typing import Any, Callable
 from urllib.parse import quote, unquote
 
 from . import checksums
-from .errors import DestinationConflict, ObjectNotFound, PermissionDenied, SourceChanged, StoreError
+from .errors import (
+    ChecksumMismatch,
+    DestinationConflict,
+    ObjectNotFound,
+    PermissionDenied,
+    SourceChanged,
+    StoreError,
+)
 from .inventory import read_shard
 from .ledger import CUT_OVER, COPIED, FAILED, VERIFIED, Ledger, now
 from .policy import Policy
@@ -260,16 +267,60 @@ def _copy_one(
                 "copy %s: destination credentials cannot read the source (%s); streaming instead",
                 src.ref.uri, exc.reason,
             )
-    dst_store.write(
-        dst_ref,
-        src_store.read(src.ref, version=src.version),
-        content_type=src.content_type,
-        metadata=metadata,
-        headers=src.headers,
-        create_only=not replace,
-    )
-    log.info("copy %s -> %s: copied %d bytes (streamed)", src.ref.uri, dst_ref.uri, src.size)
+    _stream_copy(src_store, src, dst_store, dst_ref, metadata, expected, create_only=not replace)
     return "copied", "streamed"
+
+
+STREAM_ATTEMPTS = 3
+
+
+def _stream_copy(
+    src_store: Store,
+    src: ObjectInfo,
+    dst_store: Store,
+    dst_ref: ObjectRef,
+    metadata: dict[str, str],
+    expected: dict[str, str],
+    *,
+    create_only: bool,
+) -> ObjectInfo:
+    """Copy through this process in one streaming pass, memory bounded by the stores' chunks.
+
+    The destination store checks the bytes against the source's checksums before it
+    creates the object where it can (S3), and the result is compared with what the
+    destination reports afterwards: a mismatch (bits flipped on the way) deletes the
+    new object and tries again, up to ``STREAM_ATTEMPTS`` times.
+    """
+    last: ChecksumMismatch | None = None
+    for attempt in range(1, STREAM_ATTEMPTS + 1):
+        try:
+            info = dst_store.write(
+                dst_ref,
+                src_store.read(src.ref, version=src.version),
+                content_type=src.content_type,
+                metadata=metadata,
+                headers=src.headers,
+                create_only=create_only,
+                size=src.size,
+                expected=expected,
+            )
+        except ChecksumMismatch as exc:
+            last = exc
+        else:
+            algorithm = checksums.common_algorithm(expected, dict(info.checksums))
+            if info.size == src.size and (algorithm is None or expected[algorithm] == info.checksums[algorithm]):
+                log.info("copy %s -> %s: copied %d bytes (streamed)", src.ref.uri, dst_ref.uri, src.size)
+                return info
+            last = ChecksumMismatch(
+                dst_ref.uri,
+                f"destination reports {algorithm} {info.checksums.get(algorithm or '')} and {info.size} bytes, "
+                f"source {expected.get(algorithm or '')} and {src.size} bytes",
+            )
+            dst_store.delete(dst_ref, version=info.version)
+            create_only = True  # our own corrupted copy is gone; the next try creates afresh
+        log.warning("copy %s -> %s: attempt %d: %s", src.ref.uri, dst_ref.uri, attempt, last.reason)
+    assert last is not None
+    raise last
 
 
 def _fail(

@@ -206,3 +206,42 @@ def test_dry_run_copies_nothing(env):
     assert total(results, "would_copy") == 1 and total(results, "copied") == 0
     assert list(env.store.list_objects(env.dst)) == []
     assert env.ledger.get_object(env.policy.migration_id, f"s3://{env.src}/d.jpg")["state"] != COPIED
+
+
+def test_streamed_copy_between_services_preserves_bytes_metadata_and_verifies(env, admin):
+    """Stores of different services cannot copy server-side: bytes stream through us."""
+    other = S3Store(admin.s3_client_factory(),
+                    transfer=S3TransferConfig(multipart_threshold=6 * MiB, part_size=5 * MiB, read_chunk=5 * MiB,
+                                              stream_part_size=5 * MiB),
+                    service="another-s3-service")
+    data = {"s/small.jpg": body(40_000, 21), "s/big clip.mp4": body(17 * MiB + 3, 22)}
+    for key, value in data.items():
+        env.store.write(ObjectRef("s3", env.src, key), [value], content_type="video/mp4" if key.endswith("mp4") else "image/jpeg",
+                        metadata={"uploader-id": "7"}, headers={"cache-control": "max-age=9"}, create_only=False)
+    inv = inventory.run_inventory(env.policy, env.ledger, lambda s: env.store)
+    copies = [transfer.copy_shard(env.policy, env.ledger, s, env.store, other) for s in inv.shards]
+    assert sum(c.methods["streamed"] for c in copies) == 2
+    verifies = [transfer.verify_shard(env.policy, env.ledger, s, env.store, other) for s in inv.shards]
+    assert total(verifies, "verified") == 2
+    for key, value in data.items():
+        dst = other.stat(ObjectRef("s3", env.dst, f"{env.src}/{key}"))
+        assert dst.metadata["uploader-id"] == "7" and dst.headers["cache-control"] == "max-age=9"
+        assert dst.provenance["source-uri"].endswith(key.replace(" ", "%20"))
+        assert dst.checksums["crc32c"] == checksums.crc32c_hex(value)
+        assert b"".join(other.read(dst.ref)) == value
+
+
+def test_write_refuses_bytes_that_do_not_match_the_source_checksum(env):
+    """A corrupted read never becomes an object: the store checks before creating it."""
+    from residency.errors import ChecksumMismatch
+
+    good = body(12 * MiB, 30)
+    bad = bytearray(good)
+    bad[5] ^= 0x01
+    expected = {"crc32c": checksums.crc32c_hex(good)}
+    for size in (None, len(good)):  # buffered single part, and multipart when the size is known
+        ref = ObjectRef("s3", env.dst, f"refused-{size}.mp4")
+        with pytest.raises(ChecksumMismatch):
+            env.store.write(ref, [bytes(bad[i : i + MiB]) for i in range(0, len(bad), MiB)],
+                            content_type="video/mp4", size=size, expected=expected)
+        assert [r.key for r in env.store.list_objects(env.dst, "refused")] == []

@@ -101,10 +101,16 @@ class Store(Protocol):
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         create_only: bool = True,
+        size: int | None = None,
+        expected: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         """Store the bytes from ``chunks`` (streamed, multipart above the threshold).
 
         With ``create_only`` the write fails with ``PreconditionFailed`` if the key exists.
+        ``size`` (when known) lets the store choose multipart at once; ``expected``
+        (the source's checksums) lets it refuse bytes that do not match
+        (``ChecksumMismatch``) instead of creating a corrupted object. Memory stays
+        bounded by the store's part or chunk size, whatever the object's size.
         """
 
     def copy(

@@ -23,6 +23,7 @@ from botocore.exceptions import (
 from .. import checksums
 from ..errors import (
     BucketNotFound,
+    ChecksumMismatch,
     ObjectNotFound,
     PermissionDenied,
     PreconditionFailed,
@@ -92,11 +93,12 @@ class S3TransferConfig:
     """Sizes that decide single-call vs multipart operations. Validates itself."""
 
     multipart_threshold: int = 64 * MiB
-    part_size: int = 64 * MiB
+    part_size: int = 64 * MiB  # server-side UploadPartCopy: no bytes pass through us
     read_chunk: int = 8 * MiB
+    stream_part_size: int = 8 * MiB  # streamed uploads: bounds the memory of a copy
 
     def __post_init__(self) -> None:
-        if self.part_size < S3_MIN_PART:
+        if min(self.part_size, self.stream_part_size) < S3_MIN_PART:
             raise ValueError(f"part_size must be >= 5 MiB (S3 minimum), got {self.part_size}")
         if self.multipart_threshold < self.part_size:
             raise ValueError(
@@ -105,12 +107,24 @@ class S3TransferConfig:
         if self.multipart_threshold > 5 * 1024**3:
             raise ValueError("multipart_threshold must be <= 5 GiB (S3's single-copy limit)")
 
-    def part_size_for(self, size: int) -> int:
+    def part_size_for(self, size: int, part: int | None = None) -> int:
         """Part size for an object of ``size`` bytes within S3's 10,000-part limit."""
-        part = self.part_size
+        part = part or self.part_size
         while size / part > S3_MAX_PARTS:
             part *= 2
         return part
+
+
+def _check_expected(ref: ObjectRef, hasher: checksums.MultiHasher, expected: Mapping[str, str] | None) -> None:
+    """Refuse to create an object whose bytes differ from the source's checksum."""
+    if not expected:
+        return
+    got = hasher.hexdigests()
+    algorithm = checksums.common_algorithm(dict(expected), got)
+    if algorithm and expected[algorithm] != got[algorithm]:
+        raise ChecksumMismatch(
+            ref.uri, f"bytes received from the source have {algorithm} {got[algorithm]}, source says {expected[algorithm]}"
+        )
 
 
 def _crc32c_b64(body: bytes) -> str:
@@ -322,8 +336,18 @@ class S3Store:
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         create_only: bool = True,
+        size: int | None = None,
+        expected: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
-        """Buffer at most one part in memory; multipart once the threshold is passed."""
+        """Stream ``chunks`` to S3 holding at most about two parts in memory.
+
+        A single PutObject up to ``multipart_threshold`` (buffered), multipart above
+        it (at once when ``size`` says so). CRC32C is computed here (google-crc32c)
+        and sent with every request so that S3 rejects a body corrupted on the way;
+        multipart uploads carry a FULL_OBJECT CRC32C. When ``expected`` (the
+        source's checksums) is given, the bytes are checked against it *before*
+        the object is created: a corrupted read never becomes an object.
+        """
         client = self._bucket_client(ref.bucket)
         common: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Metadata": dict(metadata or {})}
         if content_type:
@@ -331,13 +355,20 @@ class S3Store:
         for header, value in (headers or {}).items():
             if header in _HEADER_PARAMS:
                 common[_HEADER_PARAMS[header]] = value
-        buffer = bytearray()
+        hasher = checksums.MultiHasher(("md5", "crc32c"))
         iterator = iter(chunks)
+        if size is not None and size > self.transfer.multipart_threshold:
+            return self._multipart_write(ref, client, common, [], iterator, create_only, hasher, expected, size)
+        pending: list[bytes] = []
+        held = 0
         for chunk in iterator:
-            buffer.extend(chunk)
-            if len(buffer) >= self.transfer.multipart_threshold:
-                return self._multipart_write(ref, client, common, buffer, iterator, create_only)
-        body = bytes(buffer)
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= self.transfer.multipart_threshold:
+                return self._multipart_write(ref, client, common, pending, iterator, create_only, hasher, expected, size)
+        body = b"".join(pending)
+        hasher.update(body)
+        _check_expected(ref, hasher, expected)
         # Our own CRC32C (google-crc32c), sent with the body: S3 rejects a body
         # that arrives corrupted, and botocore would need awscrt to compute it.
         kwargs = dict(common, Body=body, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=_crc32c_b64(body))
@@ -351,11 +382,14 @@ class S3Store:
         ref: ObjectRef,
         client: Any,
         common: dict[str, Any],
-        buffer: bytearray,
+        pending: list[bytes],
         rest: Iterator[bytes],
         create_only: bool,
+        hasher: checksums.MultiHasher,
+        expected: Mapping[str, str] | None,
+        size: int | None,
     ) -> ObjectInfo:
-        part_size = self.transfer.part_size
+        part_size = self.transfer.part_size_for(size or 0, self.transfer.stream_part_size)
         upload = self._call(
             "create_multipart_upload",
             ref.uri,
@@ -366,6 +400,7 @@ class S3Store:
 
         def send(body: bytes) -> None:
             number = len(parts) + 1
+            hasher.update(body)
             resp = self._call(
                 "upload_part",
                 ref.uri,
@@ -380,19 +415,27 @@ class S3Store:
             parts.append(part)
 
         try:
-            while True:
-                while len(buffer) >= part_size:
-                    send(bytes(buffer[:part_size]))
-                    del buffer[:part_size]
-                chunk = next(rest, None)
-                if chunk is None:
-                    break
-                buffer.extend(chunk)
-            if buffer or not parts:
-                send(bytes(buffer))
+            held = sum(len(c) for c in pending)
+            for chunk in rest:
+                pending.append(chunk)
+                held += len(chunk)
+                if held >= part_size:
+                    joined = b"".join(pending)
+                    pending, held = [], 0
+                    for start in range(0, len(joined) - part_size + 1, part_size):
+                        send(joined[start : start + part_size])
+                    tail = joined[len(joined) - len(joined) % part_size :]
+                    del joined
+                    if tail:
+                        pending, held = [tail], len(tail)
+            if pending or not parts:
+                send(b"".join(pending))
+            _check_expected(ref, hasher, expected)
             kwargs: dict[str, Any] = {
                 "Bucket": ref.bucket, "Key": ref.key, "UploadId": upload_id,
                 "MultipartUpload": {"Parts": parts},
+                "ChecksumCRC32C": checksums.hex_to_b64(hasher.hexdigests()["crc32c"]),
+                "ChecksumType": "FULL_OBJECT",
             }
             if create_only:
                 kwargs["IfNoneMatch"] = "*"
