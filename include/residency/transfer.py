@@ -30,6 +30,7 @@ from .errors import (
     DestinationConflict,
     ObjectNotFound,
     PermissionDenied,
+    PreconditionFailed,
     SourceChanged,
     StoreError,
 )
@@ -257,7 +258,10 @@ def _copy_one(
     metadata.update(provenance_metadata(policy.migration_id, src))
     if server_side:
         try:
-            dst_store.copy(src, dst_ref, metadata=metadata, create_only=not replace)
+            try:
+                dst_store.copy(src, dst_ref, metadata=metadata, create_only=not replace)
+            except PreconditionFailed:
+                _adopt_existing(policy.migration_id, src, dst_store, dst_ref, expected)
             threshold = getattr(getattr(dst_store, "transfer", None), "multipart_threshold", float("inf"))
             method = "server_side_multipart" if src.size > threshold else "server_side"
             log.info("copy %s -> %s: copied %d bytes (%s)", src.ref.uri, dst_ref.uri, src.size, method)
@@ -267,14 +271,27 @@ def _copy_one(
                 "copy %s: destination credentials cannot read the source (%s); streaming instead",
                 src.ref.uri, exc.reason,
             )
-    _stream_copy(src_store, src, dst_store, dst_ref, metadata, expected, create_only=not replace)
+    _stream_copy(policy.migration_id, src_store, src, dst_store, dst_ref, metadata, expected, create_only=not replace)
     return "copied", "streamed"
 
 
 STREAM_ATTEMPTS = 3
 
 
+def _adopt_existing(
+    migration_id: str, src: ObjectInfo, dst_store: Store, dst_ref: ObjectRef, expected: dict[str, str]
+) -> ObjectInfo:
+    """After a create-only write was refused: a retried request whose first answer
+    was lost may have created the object. It is ours if provenance and checksum say so."""
+    info = dst_store.stat(dst_ref)
+    if not (written_by_us(info, migration_id, src.ref.uri) and _matches(expected, info, src.size)):
+        raise DestinationConflict(dst_ref.uri, "another object appeared at the destination during the copy; not overwritten")
+    log.info("copy %s -> %s: created by an earlier attempt whose answer was lost", src.ref.uri, dst_ref.uri)
+    return info
+
+
 def _stream_copy(
+    migration_id: str,
     src_store: Store,
     src: ObjectInfo,
     dst_store: Store,
@@ -306,6 +323,8 @@ def _stream_copy(
             )
         except ChecksumMismatch as exc:
             last = exc
+        except PreconditionFailed:
+            return _adopt_existing(migration_id, src, dst_store, dst_ref, expected)
         else:
             algorithm = checksums.common_algorithm(expected, dict(info.checksums))
             if info.size == src.size and (algorithm is None or expected[algorithm] == info.checksums[algorithm]):

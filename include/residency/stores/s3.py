@@ -485,8 +485,14 @@ class S3Store:
         except ObjectNotFound as exc:
             raise SourceChanged(src.ref.uri, f"pinned source version is gone: {exc.reason}") from exc
         except PreconditionFailed as exc:
-            if "CopySource" in exc.reason or "copy-source" in exc.reason.lower():
-                raise SourceChanged(src.ref.uri, exc.reason) from exc
+            # S3 answers the same 412 for the source ETag condition and for
+            # If-None-Match on the destination: ask the source which one it was.
+            try:
+                now = self.stat(src.ref, version=src.version)
+            except ObjectNotFound:
+                raise SourceChanged(src.ref.uri, f"pinned source version is gone: {exc.reason}") from exc
+            if now.etag != src.etag:
+                raise SourceChanged(src.ref.uri, f"ETag is now {now.etag}, pinned {src.etag}") from exc
             raise
         return self.stat(dst)
 
