@@ -64,6 +64,10 @@ class Capabilities:
     """Can read a pinned version (VersionId / generation)."""
     max_single_copy: int = 5 * 1024**3
     """Largest object one server-side copy call may handle."""
+    validates_upload_checksums: bool = True
+    """The server rejects an upload whose bytes do not match the checksum sent with
+    it (AWS S3, GCS). Some S3-compatible servers and emulators store the claimed
+    value unchecked; then a streamed copy is verified by reading it back."""
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ Each bucket is addressed through a client of its own region, as S3 expects.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from botocore.exceptions import (
@@ -169,6 +169,8 @@ class S3Store:
         transfer: multipart sizes.
         retry: retry policy for transient errors.
         service: the endpoint URL of an S3-compatible server, or "aws".
+        validates_upload_checksums: False for servers that store a client's
+            checksum without checking it (moto, some S3-compatible stores).
     """
 
     provider = "s3"
@@ -184,7 +186,10 @@ class S3Store:
         retry: RetryPolicy = DEFAULT_RETRY,
         service: str = "aws",
         list_page_size: int = 1000,
+        validates_upload_checksums: bool = True,
     ) -> None:
+        if not validates_upload_checksums:
+            self.capabilities = replace(self.capabilities, validates_upload_checksums=False)
         self.list_page_size = list_page_size
         #: Which S3 service this is (an endpoint URL, or "aws"): server-side copy
         #: is only attempted between stores of the same service.
