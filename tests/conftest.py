@@ -1,4 +1,4 @@
-"""Shared fixtures: one moto server (S3, IAM, STS) over HTTP for the whole session."""
+"""Shared fixtures: one moto server (S3, IAM, STS) and one fake-gcs-server over HTTP for the whole session."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from residency.clients import AwsCredentials
-from residency.localcloud.servers import MotoServer
+from residency.clients import AwsCredentials, GcsCredentials
+from residency.localcloud.servers import FakeGcsServer, MotoServer
 
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
@@ -39,6 +39,35 @@ def make_bucket(admin: AwsCredentials):
         client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
         if versioned:
             client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        return name
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
+    """fake-gcs-server; every bucket reports ASIA-NORTHEAST3 (Seoul), whatever it was created with."""
+    log_path = tmp_path_factory.mktemp("fake-gcs") / "fake-gcs.log"
+    with FakeGcsServer(log_path=log_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_admin(fake_gcs: FakeGcsServer) -> GcsCredentials:
+    """Credentials for the emulator (anonymous: it checks none)."""
+    return fake_gcs.credentials("gcs-admin")
+
+
+@pytest.fixture
+def make_gcs_bucket(gcs_admin: GcsCredentials):
+    """Create a uniquely named GCS bucket; returns its name."""
+    client = gcs_admin.client()
+
+    def make(location: str = "asia-northeast3", versioned: bool = False, prefix: str = "g") -> str:
+        name = f"{prefix}-{os.getpid()}-{next(_counter)}"
+        bucket = client.bucket(name)
+        bucket.versioning_enabled = versioned
+        client.create_bucket(bucket, location=location, retry=None)
         return name
 
     return make

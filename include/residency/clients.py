@@ -1,18 +1,25 @@
 """SDK clients from plain credentials: no Airflow here.
 
-:mod:`residency.connections` reads Airflow connections into :class:`AwsCredentials`;
-the tests and the local cloud build them directly. SDK retries are turned off
-(one attempt) because :mod:`residency.retry` owns retrying: two layers would
-multiply attempts and hide throttling from the logs.
+:mod:`residency.connections` reads Airflow connections into :class:`AwsCredentials`
+and :class:`GcsCredentials`; the tests and the local cloud build them directly.
+SDK retries are turned off (one attempt) because :mod:`residency.retry` owns
+retrying: two layers would multiply attempts and hide throttling from the logs.
+For boto3 that is the client config; google-cloud-storage takes ``retry=`` per
+call, so :class:`residency.stores.gcs.GcsStore` passes ``retry=None`` on every call.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import boto3
 from botocore.config import Config
+
+if TYPE_CHECKING:  # google-cloud-storage is imported when a GCS client is built
+    from google.cloud import storage
 
 
 @dataclass(frozen=True)
@@ -70,4 +77,150 @@ def aws_from_fields(
         session_token=extra.get("aws_session_token"),
         region_name=extra.get("region_name") or "us-east-1",
         endpoint_url=endpoint,
+    )
+
+
+#: Prefix the google provider's connection form gives its extras (older providers
+#: always wrote it; newer ones accept the bare name too).
+GCP_EXTRA_PREFIX = "extra__google_cloud_platform__"
+
+#: Connections kept per GCS client, as ``max_pool_connections`` for boto3 clients.
+GCS_MAX_POOL_CONNECTIONS = 32
+
+#: OAuth scope for the Cloud Storage JSON API (read, write, delete, rewrite).
+GCS_SCOPES = ("https://www.googleapis.com/auth/devstorage.full_control",)
+
+
+@dataclass(frozen=True)
+class GcsCredentials:
+    """What a ``google_cloud_platform`` connection holds, for Cloud Storage.
+
+    At most one of ``key_path`` / ``keyfile_dict``; with neither, Application
+    Default Credentials are used. ``keyfile_dict`` (a service-account key with its
+    private key) never appears in repr. ``emulator_host`` points the client at
+    fake-gcs-server or another emulator, with anonymous credentials.
+    """
+
+    conn_id: str
+    project: str | None = None
+    key_path: str | None = None
+    keyfile_dict: dict[str, Any] | None = field(default=None, repr=False)
+    emulator_host: str | None = None
+
+    def client(self) -> storage.Client:
+        """A ``google.cloud.storage.Client``; retries are disabled per call by the store."""
+        from google.cloud import storage
+
+        if self.emulator_host:
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(
+                project=self.project or "local",
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": self.emulator_host},
+            )
+        else:
+            credentials, project = self._google_credentials()
+            client = storage.Client(project=self.project or project, credentials=credentials)
+        _size_connection_pool(client, GCS_MAX_POOL_CONNECTIONS)
+        return client
+
+    def _google_credentials(self) -> tuple[Any, str | None]:
+        from google.oauth2 import service_account
+
+        if self.keyfile_dict is not None:
+            creds = service_account.Credentials.from_service_account_info(self.keyfile_dict, scopes=GCS_SCOPES)
+            return creds, self.keyfile_dict.get("project_id")
+        if self.key_path:
+            creds = service_account.Credentials.from_service_account_file(self.key_path, scopes=GCS_SCOPES)
+            return creds, getattr(creds, "project_id", None)
+        import google.auth
+
+        return google.auth.default(scopes=GCS_SCOPES)
+
+    @property
+    def identity(self) -> str:
+        """Who these credentials are, for logs: a service-account email, never a secret."""
+        if self.emulator_host:
+            return f"anonymous@{self.emulator_host}"
+        if self.keyfile_dict is not None:
+            return str(self.keyfile_dict.get("client_email") or "service account (no client_email)")
+        if self.key_path:
+            return f"key file {self.key_path}"
+        return "application default credentials"
+
+
+def _size_connection_pool(client: Any, size: int) -> None:
+    """Let ``size`` threads share the client (the transfer's workers) without
+    urllib3 discarding connections; transport-level retries stay off (requests' default)."""
+    from requests.adapters import HTTPAdapter
+
+    adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size)
+    client._http.mount("https://", adapter)
+    client._http.mount("http://", adapter)
+
+
+def _gcp_extra(extra: Mapping[str, Any], name: str) -> Any:
+    """One field of the google provider's extras: the bare name wins over the prefixed one.
+
+    Empty strings count as absent: the connection form saves blank fields as "".
+    """
+    for key in (name, GCP_EXTRA_PREFIX + name):
+        value = extra.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def gcs_from_fields(conn_id: str, extra: Mapping[str, Any] | None) -> GcsCredentials:
+    """Credentials from the extras of an Airflow ``google_cloud_platform`` connection.
+
+    Reads the google provider's own format: ``project``, ``key_path`` and
+    ``keyfile_dict`` (a dict, or the JSON text of one), each with or without the
+    ``extra__google_cloud_platform__`` prefix. The emulator endpoint comes from the
+    extra ``emulator_host``, else from the ``STORAGE_EMULATOR_HOST`` environment
+    variable (the variable google-cloud-storage itself honours).
+
+    Raises:
+        ValueError: both ``key_path`` and ``keyfile_dict`` are set, ``keyfile_dict``
+            is not a JSON object, or ``key_path`` names a legacy P12 key. The
+            message names the field and the connection, never the key material.
+    """
+    extra = dict(extra or {})
+    project = _gcp_extra(extra, "project")
+    key_path = _gcp_extra(extra, "key_path")
+    raw_keyfile = _gcp_extra(extra, "keyfile_dict")
+    if key_path and raw_keyfile:
+        raise ValueError(
+            f"connection {conn_id!r}: extras 'key_path' and 'keyfile_dict' are mutually exclusive; set only one"
+        )
+    keyfile: dict[str, Any] | None = None
+    if isinstance(raw_keyfile, str):
+        try:
+            keyfile = json.loads(raw_keyfile)
+        except ValueError:
+            # The text is a secret: name the field, never echo the content.
+            raise ValueError(
+                f"connection {conn_id!r}: extra 'keyfile_dict' is not valid JSON "
+                f"({len(raw_keyfile)} characters; content not shown)"
+            ) from None
+    elif raw_keyfile is not None:
+        keyfile = raw_keyfile
+    if keyfile is not None and not isinstance(keyfile, dict):
+        raise ValueError(
+            f"connection {conn_id!r}: extra 'keyfile_dict' must be a JSON object, got {type(keyfile).__name__}"
+        )
+    if key_path and str(key_path).lower().endswith(".p12"):
+        raise ValueError(
+            f"connection {conn_id!r}: extra 'key_path' = {key_path!r} is a legacy P12 key; use a JSON key file"
+        )
+    emulator = _gcp_extra(extra, "emulator_host") or os.environ.get("STORAGE_EMULATOR_HOST") or None
+    if emulator and "://" not in emulator:
+        emulator = f"http://{emulator}"  # STORAGE_EMULATOR_HOST is often host:port
+    return GcsCredentials(
+        conn_id=conn_id,
+        project=str(project) if project else None,
+        key_path=str(key_path) if key_path else None,
+        keyfile_dict=keyfile,
+        emulator_host=emulator.rstrip("/") if emulator else None,
     )

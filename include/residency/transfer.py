@@ -172,6 +172,21 @@ def _matches(src_sums: dict[str, str], dst: ObjectInfo, size: int) -> bool:
     return dst.size == size and algorithm is not None and src_sums[algorithm] == dst.checksums[algorithm]
 
 
+def _already_there(expected: dict[str, str], dst_store: Store, existing: ObjectInfo, size: int) -> bool:
+    """Does an object found at the destination hold the source's bytes?
+
+    On a server that may echo a client's checksum unchecked, its report is no
+    evidence about an object of unknown origin: read it back and hash it.
+    """
+    if dst_store.capabilities.validates_upload_checksums:
+        return _matches(expected, existing, size)
+    wanted = [a for a in ("crc32c", "md5", "sha256") if a in expected]
+    if existing.size != size or not wanted:
+        return False
+    computed, read = checksums.hash_stream(dst_store.read(existing.ref, version=existing.version), wanted)
+    return read == size and all(computed[a] == expected[a] for a in wanted)
+
+
 def copy_shard(
     policy: Policy,
     ledger: Ledger,
@@ -240,7 +255,7 @@ def _copy_one(
     except ObjectNotFound:
         existing = None
     if existing is not None:
-        if _matches(expected, existing, src.size):
+        if _already_there(expected, dst_store, existing, src.size):
             log.info("copy %s -> %s: already present with the same content, not copied", src.ref.uri, dst_ref.uri)
             return "already_present", "none"
         if written_by_us(existing, policy.migration_id, src.ref.uri):
@@ -429,7 +444,7 @@ def _verify_one(row: dict[str, Any], src_store: Store, dst_store: Store) -> tupl
     dst_sums = dict(dst.checksums)
     algorithm = checksums.common_algorithm(expected, dst_sums)
     method = "server_reported"
-    if row.get("copy_method") == "streamed" and not dst_store.capabilities.validates_upload_checksums:
+    if row.get("copy_method") in ("streamed", "none") and not dst_store.capabilities.validates_upload_checksums:
         # This server stores the checksum we sent without checking the bytes
         # against it: what it reports proves nothing about what arrived.
         algorithm = None

