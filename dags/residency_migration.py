@@ -36,10 +36,10 @@ DEFAULT_POLICY = os.environ.get("RESIDENCY_POLICY", "/opt/airflow/include/polici
 
 
 def _runtime(plan):
-    from residency.connections import aws_credentials
+    from residency.connections import credentials
     from residency.pipeline import Runtime
 
-    return Runtime(plan, aws_credentials)
+    return Runtime(plan, credentials)
 
 
 def _run_info() -> dict:
@@ -59,7 +59,7 @@ def _run_info() -> dict:
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
-    tags=["residency", "migration", "s3"],
+    tags=["residency", "migration", "s3", "gcs"],
     default_args={"retries": 1, "retry_delay": timedelta(seconds=15), "owner": "platform"},
     params={
         "policy_path": Param(DEFAULT_POLICY, type="string", minLength=1, title="Policy file",

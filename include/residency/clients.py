@@ -32,6 +32,9 @@ class AwsCredentials:
     session_token: str | None = field(default=None, repr=False)
     region_name: str = "us-east-1"
     endpoint_url: str | None = None  # S3-compatible server (moto in the demo and tests)
+    #: False for S3-compatible servers that store a client's checksum without
+    #: checking it (moto): streamed copies there are verified by reading back.
+    validates_upload_checksums: bool = True
 
     def session(self) -> boto3.session.Session:
         return boto3.session.Session(
@@ -66,9 +69,16 @@ def aws_from_fields(
 
     Follows the amazon provider's format: ``login``/``password`` are the key pair;
     extras ``region_name``, ``endpoint_url``, ``aws_session_token``, and
-    ``service_config.s3.endpoint_url`` (which wins for S3, as in the provider).
+    ``service_config.s3.endpoint_url`` (which wins for S3, as in the provider);
+    and this project's ``validates_upload_checksums`` (default true; false for a
+    server that does not check the checksum sent with an upload).
     """
     extra = dict(extra or {})
+    validates = extra.get("validates_upload_checksums", True)
+    if isinstance(validates, str):
+        if validates.strip().lower() not in ("true", "false"):
+            raise ValueError(f"connection {conn_id!r}: extra validates_upload_checksums={validates!r} is not true/false")
+        validates = validates.strip().lower() == "true"
     endpoint = extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
     return AwsCredentials(
         conn_id=conn_id,
@@ -77,6 +87,7 @@ def aws_from_fields(
         session_token=extra.get("aws_session_token"),
         region_name=extra.get("region_name") or "us-east-1",
         endpoint_url=endpoint,
+        validates_upload_checksums=bool(validates),
     )
 
 

@@ -1,6 +1,6 @@
 """The one module of the engine that imports Airflow: connections to credentials.
 
-DAG tasks call :func:`aws_credentials` / :func:`gcs_credentials` with a connection
+DAG tasks call :func:`credentials` (or :func:`aws_credentials` / :func:`gcs_credentials`) with a connection
 id from the policy and pass the result to the engine, which never sees Airflow.
 """
 
@@ -17,6 +17,16 @@ def aws_credentials(conn_id: str) -> AwsCredentials:
     from airflow.sdk import Connection
 
     conn = Connection.get(conn_id)
+    return aws_from_fields(conn_id, conn.login, conn.password, conn.extra_dejson)
+
+
+def credentials(conn_id: str) -> AwsCredentials | GcsCredentials:
+    """Read a connection of type ``aws`` or ``google_cloud_platform``, whichever it is."""
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    if conn.conn_type == GCP_CONN_TYPE:
+        return gcs_from_fields(conn_id, conn.extra_dejson)
     return aws_from_fields(conn_id, conn.login, conn.password, conn.extra_dejson)
 
 

@@ -18,18 +18,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import __version__, audit, inventory, references, revocation, transfer
-from .clients import AwsCredentials
+from .clients import AwsCredentials, GcsCredentials
 from .errors import JurisdictionError, PolicyError, StoreError
 from .jurisdictions import Placement, placement_of
 from .ledger import Ledger
 from .policy import Destination, Policy, Source, load_policy
 from .stores.base import Store
+from .stores.gcs import GcsStore
 from .stores.s3 import S3Store, S3TransferConfig
 from .uris import ObjectRef
 
 log = logging.getLogger(__name__)
 
-Credentials = Callable[[str], AwsCredentials]
+Credentials = Callable[[str], "AwsCredentials | GcsCredentials"]
 
 
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,19 +66,28 @@ class Runtime:
         self._stores: dict[str, Store] = {}
 
     def store(self, conn_id: str, provider: str) -> Store:
+        """The store of one connection; its type must fit the bucket's provider."""
         if conn_id not in self._stores:
-            if provider != "s3":
-                raise PolicyError("provider", provider, "only s3 stores are available in this version")
             creds = self.credentials(conn_id)
-            self._stores[conn_id] = S3Store(
-                creds.s3_client_factory(),
-                default_region=creds.region_name,
-                transfer=S3TransferConfig(
-                    multipart_threshold=self.policy.transfer.multipart_threshold,
-                    part_size=self.policy.transfer.part_size,
-                ),
-                service=creds.endpoint_url or "aws",
-            )
+            if provider == "s3":
+                if not isinstance(creds, AwsCredentials):
+                    raise PolicyError("conn_id", conn_id, "an s3:// bucket needs a connection of type aws")
+                self._stores[conn_id] = S3Store(
+                    creds.s3_client_factory(),
+                    default_region=creds.region_name,
+                    transfer=S3TransferConfig(
+                        multipart_threshold=self.policy.transfer.multipart_threshold,
+                        part_size=self.policy.transfer.part_size,
+                    ),
+                    service=creds.endpoint_url or "aws",
+                    validates_upload_checksums=creds.validates_upload_checksums,
+                )
+            elif provider == "gs":
+                if not isinstance(creds, GcsCredentials):
+                    raise PolicyError("conn_id", conn_id, "a gs:// bucket needs a connection of type google_cloud_platform")
+                self._stores[conn_id] = GcsStore(creds.client(), service=creds.emulator_host or "google")
+            else:
+                raise PolicyError("provider", provider, "expected s3 or gs")
         return self._stores[conn_id]
 
     def source_store(self, source: Source) -> Store:

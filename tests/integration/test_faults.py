@@ -189,3 +189,86 @@ def test_worker_killed_mid_copy_leaves_nothing_marked_copied_and_rerun_completes
     verifies = transfer.verify_shard(policy, ledger, shard, s3_store(admin, "a"), s3_store(admin, "b"))
     assert copies.copied == 1 and verifies.verified == 1
     assert hashlib.md5(b"".join(direct.read(ObjectRef("s3", dst, f"{src}/huge.mp4")))).hexdigest() == hashlib.md5(big).hexdigest()
+
+
+# GCS: bits flip in media downloads (gs->s3 reads) or in upload bodies (s3->gs writes),
+# not in the JSON metadata answers (TCP and TLS protect those in real life).
+GCS_CORRUPTING = {
+    "gs->s3": FaultRules(flip_response_rate=0.3, methods=("GET",), path_pattern="alt=media", seed=5),
+    "s3->gs": FaultRules(flip_request_rate=0.3, methods=("PUT", "POST"), path_pattern="^/upload/", seed=5),
+}
+
+
+@pytest.fixture
+def gcs_behind_proxy(tmp_path):
+    """A fake-gcs-server of its own whose resumable-upload URLs point at the proxy."""
+    from residency.localcloud.servers import FakeGcsServer, free_port
+
+    port = free_port()
+    with FaultProxy(f"http://127.0.0.1:{port}") as proxy:
+        server = FakeGcsServer(port=port, external_url=proxy.endpoint_url, log_path=tmp_path / "gcs.log")
+        with server:
+            yield server, proxy
+
+
+@pytest.mark.parametrize("route", ["s3->gs", "gs->s3"])
+def test_cross_provider_copies_survive_transient_faults_and_corruption(route, gcs_behind_proxy, moto_server, admin,
+                                                                      make_bucket, tmp_path):
+    from residency.stores.gcs import GcsStore, GcsTransferConfig
+
+    server, gcs_proxy = gcs_behind_proxy
+    gcs_creds = server.credentials("g")
+    with FaultProxy(moto_server.endpoint_url) as s3_proxy:
+        s3_via = s3_store(replace(admin, endpoint_url=s3_proxy.endpoint_url), "s3")
+        gcs_via = GcsStore(replace(gcs_creds, emulator_host=gcs_proxy.endpoint_url).client(),
+                           transfer=GcsTransferConfig(chunk_size=256 * 1024, read_chunk=1 * MiB),
+                           retry=FAST_RETRY, service="gcs")
+        gcs_direct = GcsStore(gcs_creds.client(), service="gcs")
+        s3_bucket = make_bucket("ap-northeast-2" if route == "s3->gs" else "ap-northeast-1", versioned=True)
+        gcs_bucket = f"g-{s3_bucket}"
+        gcs_creds.client().create_bucket(gcs_bucket)
+        src_p, dst_p = route.split("->")
+        stores = {"s3": (s3_via, s3_store(admin, "s3"), s3_bucket), "gs": (gcs_via, gcs_direct, gcs_bucket)}
+        (src_via, src_direct, src_bucket), (dst_via, dst_direct, dst_bucket) = stores[src_p], stores[dst_p]
+        data = {f"v/{i:02d} 동영상.mp4": body(300_000 + i * 104_729, i) for i in range(8)}
+        data["v/long.mp4"] = body(7 * MiB + 1, 77)
+        for key, value in data.items():
+            src_direct.write(ObjectRef(src_p, src_bucket, key), [value], content_type="video/mp4")
+        policy = parse_policy({
+            "migration_id": f"xfault-{s3_bucket}", "home_jurisdiction": "JP",
+            "control_dir": str(tmp_path / "c"), "ledger_url": f"sqlite:///{tmp_path / 'l.db'}",
+            "sources": [{"uri": f"{src_p}://{src_bucket}", "conn_id": "a", "to": dst_p}],
+            "destinations": {dst_p: {"uri": f"{dst_p}://{dst_bucket}", "conn_id": "b"}},
+            "transfer": {"multipart_threshold_mb": 6, "part_size_mb": 5, "shard_size": 5, "workers": 3},
+        })
+        ledger = Ledger(policy.ledger_url)
+        ledger.create_schema()
+        s = {"policy": policy, "ledger": ledger}
+
+        def check_verified_are_intact() -> None:
+            for src_uri, state in states(s).items():
+                if state == VERIFIED:
+                    key = src_uri.split("/", 3)[3]
+                    got = b"".join(dst_direct.read(ObjectRef(dst_p, dst_bucket, f"{src_bucket}/{key}")))
+                    assert got == data[key], f"{key} verified but corrupted"
+
+        # Corruption first, on objects not yet copied: whatever gets verified must be intact.
+        for proxy in (s3_proxy, gcs_proxy):
+            proxy.set_rules(CORRUPTING if proxy is s3_proxy else GCS_CORRUPTING[route])
+        migrate(s, src_via, dst_via)
+        flips = sum(p.stats.get("flip_request", 0) + p.stats.get("flip_response", 0) for p in (s3_proxy, gcs_proxy))
+        assert flips >= 2
+        assert gcs_proxy.stats.get("flip_request", 0) + gcs_proxy.stats.get("flip_response", 0) >= 1, gcs_proxy.stats
+        check_verified_are_intact()
+
+        # Then transient faults while the re-run repairs what corruption left failed.
+        for proxy in (s3_proxy, gcs_proxy):
+            proxy.set_rules(TRANSIENT)
+        migrate(s, src_via, dst_via)
+        check_verified_are_intact()
+
+        for proxy in (s3_proxy, gcs_proxy):
+            proxy.set_rules(FaultRules())
+        migrate(s, src_via, dst_via)
+        assert set(states(s).values()) == {VERIFIED}
+        check_verified_are_intact()

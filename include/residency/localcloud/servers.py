@@ -176,6 +176,9 @@ class FakeGcsServer:
     port: int = 0
     location: str = "ASIA-NORTHEAST3"
     log_path: Path | None = None
+    #: The URL clients reach the server by, if not directly (a proxy in front):
+    #: fake-gcs-server writes it into resumable-upload session URLs.
+    external_url: str | None = None
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -191,7 +194,7 @@ class FakeGcsServer:
                 [
                     str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory",
                     "-host", "127.0.0.1", "-port", str(self.port), "-location", self.location,
-                    "-external-url", self.endpoint_url,
+                    "-external-url", self.external_url or self.endpoint_url,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

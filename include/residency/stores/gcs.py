@@ -439,6 +439,8 @@ class GcsStore:
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         create_only: bool = True,
+        size: int | None = None,
+        expected: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         """Stream ``chunks`` to ``ref``: one request up to a chunk, else a resumable upload.
 
@@ -447,9 +449,12 @@ class GcsStore:
         memory stays a small multiple of one chunk. ``create_only`` sends
         ``ifGenerationMatch=0``: an existing object raises ``PreconditionFailed``.
         CRC32C is computed while streaming and compared with the server's; on a
-        mismatch the generation just written is deleted and ``ChecksumMismatch`` raised.
+        mismatch the generation just written is deleted and ``ChecksumMismatch`` raised,
+        and likewise when the bytes do not match ``expected`` (the source's checksums):
+        a corrupted read never stays behind as an object. ``size`` is not needed:
+        the upload mode follows from the stream.
         """
-        hasher = checksums.MultiHasher(("crc32c",))
+        hasher = checksums.MultiHasher(("crc32c", "md5"))
         iterator = iter(chunks)
         head = bytearray()
         for chunk in iterator:
@@ -459,14 +464,14 @@ class GcsStore:
                 break
         else:
             resource = self._single_request_upload(ref, bytes(head), content_type, metadata, headers, create_only)
-            return self._verified(ref, resource, hasher)
+            return self._verified(ref, resource, hasher, expected)
         reader = _ChunkReader(iterator, hasher, bytes(head))
         del head
         try:
             resource = self._resumable_upload(ref, reader, content_type, metadata, headers, create_only)
         except _SourceFailed as exc:
             raise exc.error  # e.g. SourceChanged from the source store's read()
-        return self._verified(ref, resource, hasher)
+        return self._verified(ref, resource, hasher, expected)
 
     def _blob_for_write(
         self,
@@ -586,11 +591,23 @@ class GcsStore:
             log.warning("upload %s: could not cancel the resumable session: %s", ref.uri, exc)
 
     def _verified(
-        self, ref: ObjectRef, resource: Mapping[str, Any], hasher: checksums.MultiHasher
+        self,
+        ref: ObjectRef,
+        resource: Mapping[str, Any],
+        hasher: checksums.MultiHasher,
+        expected: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
-        """Compare the server's CRC32C and size with ours; never leave a mismatch behind."""
+        """Compare the server's CRC32C and size with ours, and ours with the source's;
+        never leave a mismatch behind."""
         generation = resource.get("generation")
-        ours = hasher.hexdigests()["crc32c"]
+        sent = hasher.hexdigests()
+        algorithm = checksums.common_algorithm(dict(expected or {}), sent)
+        if algorithm and expected and expected[algorithm] != sent[algorithm]:
+            self._discard(
+                ref, generation,
+                f"bytes received from the source have {algorithm} {sent[algorithm]}, source says {expected[algorithm]}",
+            )
+        ours = sent["crc32c"]
         theirs = checksums.b64_to_hex(resource["crc32c"]) if resource.get("crc32c") else None
         size = int(resource.get("size", -1))
         if theirs != ours or size != hasher.size:
