@@ -24,8 +24,28 @@ one integer seed:
   to non-media objects and one dangling reference.
 - ``policy.yaml``: the migration policy for all of the above.
 
-The server must be fresh (no such buckets or users yet): call
-:meth:`~.servers.MotoServer.reset` between estates.
+With a :class:`~.servers.FakeGcsServer` (``gcs=...``) the estate also covers the
+two cross-provider routes, so that one run exercises all four of ``s3->s3``,
+``s3->gs``, ``gs->gs`` and ``gs->s3``:
+
+- ``seoul-line-gcs-photos`` (images) and ``seoul-line-gcs-video`` (video and
+  audio, including one object above the 16 MiB multipart threshold, which becomes
+  a streamed multipart copy to S3), and the domestic ``tokyo-line-gcs-media``
+  already holding one unrelated object; same realism as the S3 side (magic
+  numbers, awkward keys, legacy generic content types, content headers and custom
+  metadata, non-media objects out of scope).
+- The policy routes ``s3://seoul-line-media`` to GCS and ``gs://seoul-line-gcs-video``
+  to S3, and *declares* the GCS locations (the emulator reports one fixed location
+  for every bucket).
+- ``app.db`` gains a ``videos`` table whose ``gcs_url`` / ``poster_url`` columns
+  reference every GCS media object (``gs://``, path-style and virtual-hosted
+  ``storage.googleapis.com`` URLs).
+
+Without ``gcs`` the estate, the policy and the database are exactly the S3-only ones.
+
+The servers must be fresh (no such buckets or users yet): call
+:meth:`~.servers.MotoServer.reset` between estates, and start a new
+:class:`~.servers.FakeGcsServer` (it has no reset).
 """
 
 from __future__ import annotations
@@ -47,7 +67,7 @@ import sqlalchemy as sa
 from ..clients import AwsCredentials
 from ..policy import Selection
 from ..uris import ObjectRef, UrlStyle, format_url, parse_url
-from .servers import MotoServer
+from .servers import FakeGcsServer, MotoServer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +80,14 @@ PHOTOS_BUCKET = "seoul-line-photos"
 MEDIA_BUCKET = "seoul-line-media"
 DESTINATION_BUCKET = "tokyo-line-media"
 SOURCE_BUCKETS = (PHOTOS_BUCKET, MEDIA_BUCKET)
+GCS_PHOTOS_BUCKET = "seoul-line-gcs-photos"
+GCS_VIDEO_BUCKET = "seoul-line-gcs-video"
+GCS_DESTINATION_BUCKET = "tokyo-line-gcs-media"
+GCS_SOURCE_BUCKETS = (GCS_PHOTOS_BUCKET, GCS_VIDEO_BUCKET)
+GCS_SEOUL = "asia-northeast3"
+GCS_TOKYO = "asia-northeast1"
+GCS_PROJECT = "residency-local"
+ROUTES = ("s3->s3", "s3->gs", "gs->gs", "gs->s3")
 MIGRATOR_USER = "residency-migrator"
 AFFILIATE_USER = "line-affiliate-cn"
 PART_SIZE = 8 * MiB
@@ -110,6 +138,12 @@ class Estate:
     """URL cells in the app db that point into a Seoul bucket (media, non-media or dangling)."""
     media_references: int = 0
     """Of ``references``, those naming an existing in-scope media object (what a cutover rewrites)."""
+    gcs_endpoint: str | None = None
+    """The fake-gcs-server the GCS buckets live on; ``None`` for an S3-only estate."""
+    gcs_source_buckets: tuple[str, ...] = ()
+    gcs_destination_bucket: str | None = None
+    routes: dict[str, dict[str, int]] = field(default_factory=dict, hash=False)
+    """In-scope media per copy route, ``{"s3->gs": {"objects": n, "bytes": b}, ...}``, as the policy routes them."""
 
     def connection_env(self) -> dict[str, str]:
         """Airflow connections as ``AIRFLOW_CONN_<ID>`` environment variables (JSON form).
@@ -123,15 +157,24 @@ class Estate:
             "aws_iam": (self.migrator, "us-east-1"),
             "affiliate_probe": (self.affiliate, SEOUL),
         }
-        return {
+        env = {
             f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps({
                 "conn_type": "aws",
                 "login": creds.access_key_id,
                 "password": creds.secret_access_key,
-                "extra": {"region_name": region, "endpoint_url": self.endpoint_url},
+                # moto stores the checksum a client sends without checking it.
+                "extra": {"region_name": region, "endpoint_url": self.endpoint_url,
+                          "validates_upload_checksums": False},
             })
             for conn_id, (creds, region) in conns.items()
         }
+        if self.gcs_endpoint:
+            for conn_id in ("gcs_seoul", "gcs_tokyo"):
+                env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({
+                    "conn_type": "google_cloud_platform",
+                    "extra": {"project": GCS_PROJECT, "emulator_host": self.gcs_endpoint},
+                })
+        return env
 
 
 @dataclass
@@ -147,10 +190,11 @@ class _Obj:
     crc32c: bool = False  # send a full-object CRC32C (a modern upload)
     multipart: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # CacheControl, Metadata, ...
+    provider: str = "s3"
 
     @property
     def ref(self) -> ObjectRef:
-        return ObjectRef("s3", self.bucket, self.key)
+        return ObjectRef(self.provider, self.bucket, self.key)
 
     def body(self) -> bytes:
         if self.size == 0:
@@ -173,6 +217,8 @@ class _Obj:
 
 class _Plan:
     """The deterministic catalogue of objects and database rows, before any upload."""
+
+    provider = "s3"
 
     def __init__(self, scale: str, seed: int) -> None:
         self.rnd = random.Random(seed)
@@ -209,7 +255,8 @@ class _Plan:
         if kind in _CONTENT_TYPES and not extra and self.rnd.random() < 0.06:
             uploader = str(self.rnd.randint(10000, 99999))
             extra = {"CacheControl": "public, max-age=31536000", "Metadata": {"uploader-id": uploader}}
-        obj = _Obj(bucket, key, kind, size, self.rnd.getrandbits(64), content_type, crc32c, multipart, dict(extra))
+        obj = _Obj(bucket, key, kind, size, self.rnd.getrandbits(64), content_type, crc32c, multipart, dict(extra),
+                   self.provider)
         self.objects.append(obj)
         return obj
 
@@ -361,6 +408,107 @@ class _Plan:
         }
 
 
+class _GcsPlan(_Plan):
+    """The GCS side of the estate and the ``videos`` table.
+
+    It draws from its own random stream, so that the S3 side (objects, bytes and
+    rows) is the same whether or not the estate has a GCS side.
+    """
+
+    provider = "gs"
+
+    def __init__(self, scale: str, seed: int) -> None:
+        super().__init__(scale, seed)
+        self.rnd = random.Random(f"gcs:{seed}")  # str seeds hash with SHA-512: stable across processes
+        self.videos: list[dict[str, Any]] = []
+
+    def build(self) -> None:
+        small, rnd = self.small, self.rnd
+        n_photos, n_clips, n_audio = (4, 2, 2) if small else (75, 22, 36)
+        owners = [1001 + i for i in range(5 if small else 40)]
+
+        # seoul-line-gcs-photos: album images, video posters.
+        photos = [
+            self._image(GCS_PHOTOS_BUCKET, f"albums/{rnd.choice(owners)}/2021/{rnd.randint(1, 12):02d}/PXL_{i + 1:04d}")
+            for i in range(n_photos)
+        ]
+        photos += [
+            self.add(GCS_PHOTOS_BUCKET, "albums/1003/アルバム/花火 大会.jpg", "jpg", self._image_size(),
+                     CacheControl="private, max-age=600", ContentLanguage="ja",
+                     ContentDisposition="inline; filename*=UTF-8''%E8%8A%B1%E7%81%AB%20%E5%A4%A7%E4%BC%9A.jpg",
+                     Metadata={"uploader-id": "23456"}),
+            self.add(GCS_PHOTOS_BUCKET, "사진/2021/07/바다 풍경.webp", "webp", self._image_size(),
+                     content_type="application/octet-stream"),  # legacy upload: media by extension
+            self.add(GCS_PHOTOS_BUCKET, "shared/a+b%20c.png", "png", self._image_size(), content_type="image/png"),
+            self.add(GCS_PHOTOS_BUCKET, "p/9/9f/9f2/2021/07/01/IMG_20210701_090000.jpg", "jpg", self._image_size(),
+                     content_type="image/jpeg", Metadata={"uploader-id": "34567"}),
+            self.add(GCS_PHOTOS_BUCKET, "stickers/Summer Sale 2021/sparkle (2).gif", "gif", 36 * KiB,
+                     content_type="image/gif", CacheControl="public, max-age=31536000"),
+        ]
+
+        # seoul-line-gcs-video: video clips, voice and music, one large video.
+        clips: list[_Obj] = []
+        big = 16 * MiB + rnd.randint(64 * KiB, 300 * KiB) if small else 20 * MiB + rnd.randint(0, MiB)
+        clips.append(self.add(
+            GCS_VIDEO_BUCKET, "video/2021/07/VID_20210701_183000.mp4", "mp4", big, content_type="video/mp4",
+            CacheControl="public, max-age=86400", Metadata={"uploader-id": "12345"},
+        ))
+        lo, hi = (256 * KiB, MiB) if small else (512 * KiB, 4 * MiB)
+        for i in range(n_clips):
+            clips.append(self.add(GCS_VIDEO_BUCKET, f"video/2021/{rnd.randint(7, 12):02d}/{9000 + i}.mp4", "mp4",
+                                  self._size(lo, hi)))
+        clips.append(self.add(
+            GCS_VIDEO_BUCKET, "동영상/2021/08/여름 휴가 (1).mp4", "mp4", self._size(lo, hi), content_type="video/mp4",
+            ContentLanguage="ko", ContentDisposition='attachment; filename="summer-vacation.mp4"',
+        ))
+        hi = 400 * KiB if small else 3 * MiB
+        for i in range(n_audio):
+            kind = rnd.choice(("m4a", "mp3"))
+            prefix = "voice" if kind == "m4a" else "music"
+            clips.append(self.add(GCS_VIDEO_BUCKET, f"{prefix}/2021/08/{9500 + i}.{kind}", kind,
+                                  self._size(64 * KiB, hi)))
+        clips.append(self.add(GCS_VIDEO_BUCKET, "voice/2021/08/ボイス+メモ 100%.m4a", "m4a", self._size(64 * KiB, hi),
+                              content_type="audio/mp4", Metadata={"uploader-id": "45678"}))
+
+        # Out of scope: not media by content type (one with a media extension).
+        log_obj = self.add(GCS_VIDEO_BUCKET, "logs/2021/07/transcode.log", "text", 5 * KiB, content_type="text/plain")
+        playlist = self.add(GCS_VIDEO_BUCKET, "manifests/2021/07/playlist.json", "json", 2 * KiB,
+                            content_type="application/json")
+        self.add(GCS_PHOTOS_BUCKET, "meta/album-2001.json", "json", 2 * KiB, content_type="application/json")
+        fake_jpg = self.add(GCS_PHOTOS_BUCKET, "exports/export-2001.jpg", "json", 1 * KiB,
+                            content_type="application/json")
+
+        # -- videos: every GCS media object referenced at least once ------------
+        pairs: list[tuple[str | None, str | None]] = []
+        for i in range(max(len(clips), len(photos))):
+            clip, poster = clips[i % len(clips)], photos[i % len(photos)]
+            clip_style = UrlStyle.GS_VIRTUAL if i % 7 == 6 else (UrlStyle.GS_URI if i % 2 == 0 else UrlStyle.GS_PATH)
+            poster_style = UrlStyle.GS_VIRTUAL if i % 5 == 4 else UrlStyle.GS_PATH
+            pairs.append((self.url(clip, clip_style), self.url(poster, poster_style)))
+        special_clip = next(o for o in clips if o.key.startswith("voice/2021/08/ボイス"))
+        special_poster = next(o for o in photos if o.key == "shared/a+b%20c.png")
+        for style in (UrlStyle.GS_URI, UrlStyle.GS_PATH, UrlStyle.GS_VIRTUAL):  # every style of awkward keys
+            pairs.append((self.url(special_clip, style), self.url(special_poster, style)))
+        pairs.append((None, self.url(special_poster, UrlStyle.GS_PATH, query="v=3")))  # cache buster
+        pairs += [
+            # Dangling: the object was deleted long ago.
+            (format_url(ObjectRef("gs", GCS_VIDEO_BUCKET, "video/2021/07/deleted/lost.mp4"), UrlStyle.GS_URI), None),
+            (format_url(log_obj.ref, UrlStyle.GS_PATH), format_url(fake_jpg.ref, UrlStyle.GS_VIRTUAL)),
+            (format_url(playlist.ref, UrlStyle.GS_URI),
+             "https://storage.googleapis.com/someone-else-bucket/poster.jpg"),
+            ("https://cdn.example.jp/v/1.mp4", ""),
+            (None, None),
+        ]
+        rnd.shuffle(pairs)
+        self.videos = [
+            {"id": i + 1, "owner_id": rnd.choice(owners), "gcs_url": clip, "poster_url": poster}
+            for i, (clip, poster) in enumerate(pairs)
+        ]
+
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        return {"videos": self.videos}
+
+
 def _crc32c_b64(data: bytes) -> str:
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
 
@@ -401,6 +549,22 @@ def _multipart_put(client: Any, obj: _Obj, body: bytes, kwargs: dict[str, Any]) 
         raise
 
 
+def _gcs_put(client: Any, obj: _Obj) -> None:
+    """Upload with google-cloud-storage: one request up to 8 MiB, a resumable upload above."""
+    blob = client.bucket(obj.bucket).blob(obj.key)
+    extra = obj.extra
+    if "CacheControl" in extra:
+        blob.cache_control = extra["CacheControl"]
+    if "ContentDisposition" in extra:
+        blob.content_disposition = extra["ContentDisposition"]
+    if "ContentLanguage" in extra:
+        blob.content_language = extra["ContentLanguage"]
+    if "Metadata" in extra:
+        blob.metadata = dict(extra["Metadata"])
+    # upload_from_string would default the type to text/plain; a legacy upload is octet-stream.
+    blob.upload_from_string(obj.body(), content_type=obj.content_type or "application/octet-stream")
+
+
 def _policy_document(statements: Iterable[dict[str, Any]]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
@@ -431,6 +595,12 @@ def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
         "messages": sa.Table("messages", meta, sa.Column("id", sa.Integer, primary_key=True),
                              sa.Column("body", sa.Text), sa.Column("attachment_url", sa.Text)),
     }
+    if "videos" in rows:
+        tables["videos"] = sa.Table(
+            "videos", meta, sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("owner_id", sa.Integer, nullable=False), sa.Column("gcs_url", sa.Text),
+            sa.Column("poster_url", sa.Text),
+        )
     engine = sa.create_engine(url)
     try:
         meta.create_all(engine)
@@ -442,18 +612,38 @@ def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
     return url
 
 
-def _policy_yaml(migration_id: str, affiliate_key: str, shard_size: int) -> str:
-    return f"""\
-# Written by residency.localcloud.estate.seed_estate: the local demo estate.
-migration_id: {migration_id}
-home_jurisdiction: JP
-control_dir: control              # relative to this file
+def _policy_yaml(migration_id: str, affiliate_key: str, shard_size: int, gcs: bool = False) -> str:
+    if gcs:
+        routes = f"""\
+sources:
+  - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul}}                     # s3->s3
+  - {{uri: s3://{MEDIA_BUCKET}, conn_id: aws_seoul, to: gs}}               # s3->gs
+  # fake-gcs-server reports one location for every bucket: declare where they are.
+  - {{uri: gs://{GCS_PHOTOS_BUCKET}, conn_id: gcs_seoul, location: {GCS_SEOUL}}}           # gs->gs
+  - {{uri: gs://{GCS_VIDEO_BUCKET}, conn_id: gcs_seoul, to: s3, location: {GCS_SEOUL}}}     # gs->s3
+destinations:
+  s3: {{uri: s3://{DESTINATION_BUCKET}, conn_id: aws_tokyo, key_template: "{{src_bucket}}/{{key}}"}}
+  gs: {{uri: gs://{GCS_DESTINATION_BUCKET}, conn_id: gcs_tokyo, location: {GCS_TOKYO}, key_template: "{{src_bucket}}/{{key}}"}}
+"""
+        videos = """\
+    - {table: videos, key: id, column: gcs_url}
+    - {table: videos, key: id, column: poster_url}
+"""
+    else:
+        routes = f"""\
 sources:
   - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul}}
   - {{uri: s3://{MEDIA_BUCKET}, conn_id: aws_seoul}}
 destinations:
   s3: {{uri: s3://{DESTINATION_BUCKET}, conn_id: aws_tokyo, key_template: "{{src_bucket}}/{{key}}"}}
-selection:
+"""
+        videos = ""
+    return f"""\
+# Written by residency.localcloud.estate.seed_estate: the local demo estate.
+migration_id: {migration_id}
+home_jurisdiction: JP
+control_dir: control              # relative to this file
+{routes}selection:
   media_types: [image, video, audio]
   exclude_prefixes: []
 transfer: {{multipart_threshold_mb: 16, part_size_mb: 8, shard_size: {shard_size}, workers: 4}}
@@ -465,7 +655,7 @@ references:
     - {{table: photos, key: id, column: url}}
     - {{table: photos, key: id, column: thumbnail_url}}
     - {{table: messages, key: id, column: attachment_url}}
-revoke:
+{videos}revoke:
   - {{provider: aws, conn_id: aws_iam, user: {AFFILIATE_USER}, access_keys: [{affiliate_key}], probe_conn_id: affiliate_probe, probe_uri: s3://{PHOTOS_BUCKET}}}
 """
 
@@ -475,6 +665,7 @@ def seed_estate(
     admin: AwsCredentials,
     workdir: Path,
     *,
+    gcs: FakeGcsServer | None = None,
     scale: str = "demo",
     seed: int = 2021,
     migration_id: str = "line-media-jp",
@@ -485,13 +676,18 @@ def seed_estate(
         server: a running moto server, normally with :meth:`~.servers.MotoServer.enforce_auth` on.
         admin: credentials allowed to do everything (buckets, objects, IAM).
         workdir: folder for ``policy.yaml`` and ``app.db`` (created if missing; ``app.db`` is replaced).
-        scale: ``"demo"`` (~350 media objects, ~180 MB) or ``"small"`` (~35 objects, < 40 MB).
+        gcs: a running fake-gcs-server for the GCS side (all four copy routes);
+            ``None`` (the default) builds the S3-only estate.
+        scale: ``"demo"`` (~350 S3 media objects, ~180 MB; with ``gcs`` another
+            ~150 objects, ~110 MB) or ``"small"`` (~35 S3 objects, < 40 MB; with
+            ``gcs`` another ~18 objects, < 25 MB).
         seed: everything (keys, sizes, bytes, rows) is a function of this number.
         migration_id: written into the policy.
 
     Raises:
         ValueError: ``scale`` is not one of :data:`SCALES`.
         botocore.exceptions.ClientError: the server already holds these buckets or users.
+        google.api_core.exceptions.Conflict: the fake-gcs-server already holds these buckets.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -500,9 +696,14 @@ def seed_estate(
 
     plan = _Plan(scale, seed)
     plan.build()
-    missing = plan.unreferenced()
-    if missing:  # a bug in the plan, not a caller mistake
-        raise AssertionError(f"media objects without a reference: {missing}")
+    gplan: _GcsPlan | None = None
+    if gcs is not None:
+        gplan = _GcsPlan(scale, seed)
+        gplan.build()
+    for p in (plan, gplan):
+        missing = p.unreferenced() if p else []
+        if missing:  # a bug in the plan, not a caller mistake
+            raise AssertionError(f"media objects without a reference: {missing}")
 
     # Legacy uploads carry no additional checksum: keep botocore from adding CRC32 by itself.
     clients = {
@@ -520,27 +721,68 @@ def seed_estate(
         Body=b"Tokyo media bucket. Owned by the platform team; not part of any migration.\n",
     )
 
+    uploads: list[tuple[Any, Any, _Obj]] = [(_put, seoul, o) for o in plan.objects]
+    if gcs is not None and gplan is not None:
+        gclient = gcs.credentials("estate-admin", project=GCS_PROJECT).client()
+        for bucket, location in (
+            (GCS_PHOTOS_BUCKET, GCS_SEOUL), (GCS_VIDEO_BUCKET, GCS_SEOUL), (GCS_DESTINATION_BUCKET, GCS_TOKYO)
+        ):
+            gclient.create_bucket(gclient.bucket(bucket), location=location)
+        gclient.bucket(GCS_DESTINATION_BUCKET).blob("ops/README.txt").upload_from_string(
+            b"Tokyo GCS media bucket. Owned by the platform team; not part of any migration.\n",
+            content_type="text/plain",
+        )
+        uploads += [(_gcs_put, gclient, o) for o in gplan.objects]
+
     for old in plan.overwritten:
         _put(seoul, old)
     # Objects are independent and their bytes are fixed by the plan, so parallel
     # uploads keep the estate deterministic.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda o: _put(seoul, o), plan.objects))
+        list(pool.map(lambda u: u[0](u[1], u[2]), uploads))
 
     selection = Selection()
+    route_of = {
+        ("s3", PHOTOS_BUCKET): "s3->s3",
+        ("s3", MEDIA_BUCKET): "s3->gs" if gcs is not None else "s3->s3",
+        ("gs", GCS_PHOTOS_BUCKET): "gs->gs",
+        ("gs", GCS_VIDEO_BUCKET): "gs->s3",
+    }
+    routes: dict[str, dict[str, int]] = (
+        {r: {"objects": 0, "bytes": 0} for r in ROUTES} if gcs is not None else {"s3->s3": {"objects": 0, "bytes": 0}}
+    )
+    sources = [("s3", b, SEOUL, plan) for b in SOURCE_BUCKETS]
+    if gplan is not None:
+        sources += [("gs", b, GCS_SEOUL, gplan) for b in GCS_SOURCE_BUCKETS]
     media_objects = media_bytes = other_objects = 0
-    for bucket in SOURCE_BUCKETS:
-        objs = [o for o in plan.objects if o.bucket == bucket]
+    for provider, bucket, location, p in sources:
+        objs = [o for o in p.objects if o.bucket == bucket]
         media = [o for o in objs if selection.media_type(o.key, o.content_type)]
+        size = sum(o.size for o in media)
         media_objects += len(media)
-        media_bytes += sum(o.size for o in media)
+        media_bytes += size
         other_objects += len(objs) - len(media)
-        log.info(
-            "estate: s3://%s (%s, versioning %s): %s objects, %s media objects in scope (%s bytes), %s out of scope",
-            bucket, SEOUL, "enabled" if bucket == PHOTOS_BUCKET else "off", len(objs), len(media),
-            sum(o.size for o in media), len(objs) - len(media),
-        )
+        route = routes[route_of[(provider, bucket)]]
+        route["objects"] += len(media)
+        route["bytes"] += size
+        if provider == "s3":
+            log.info(
+                "estate: s3://%s (%s, versioning %s): %s objects, %s media objects in scope (%s bytes), %s out of scope",
+                bucket, location, "enabled" if bucket == PHOTOS_BUCKET else "off", len(objs), len(media),
+                size, len(objs) - len(media),
+            )
+        else:
+            log.info(
+                "estate: gs://%s (%s, declared in the policy; the emulator reports %s): %s objects, "
+                "%s media objects in scope (%s bytes), %s out of scope",
+                bucket, location, gcs.location if gcs else "?", len(objs), len(media), size, len(objs) - len(media),
+            )
     log.info("estate: s3://%s (%s): 1 unrelated object (ops/README.txt)", DESTINATION_BUCKET, TOKYO)
+    if gcs is not None:
+        log.info("estate: gs://%s (%s, declared): 1 unrelated object (ops/README.txt)",
+                 GCS_DESTINATION_BUCKET, GCS_TOKYO)
+    log.info("estate: media in scope per route: %s",
+             ", ".join(f"{r} {c['objects']} objects / {c['bytes']} bytes" for r, c in routes.items()))
 
     # IAM: the migrator and the affiliate whose access must end.
     iam = admin.client("iam", "us-east-1")
@@ -563,23 +805,32 @@ def seed_estate(
     ]))
 
     rows = plan.rows()
+    if gplan is not None:
+        rows.update(gplan.rows())
     app_db_url = _write_db(workdir / "app.db", rows)
     seoul_cells = media_cells = 0
+    source_buckets = {("s3", b) for b in SOURCE_BUCKETS}
     in_scope = {o.ref.uri for o in plan.objects if selection.media_type(o.key, o.content_type)}
+    if gplan is not None:
+        source_buckets |= {("gs", b) for b in GCS_SOURCE_BUCKETS}
+        in_scope |= {o.ref.uri for o in gplan.objects if selection.media_type(o.key, o.content_type)}
     for table_rows in rows.values():
         for row in table_rows:
-            for column in ("avatar_url", "url", "thumbnail_url", "attachment_url"):
+            for column in ("avatar_url", "url", "thumbnail_url", "attachment_url", "gcs_url", "poster_url"):
                 parsed = parse_url(row.get(column) or "")
-                if parsed and parsed.ref.provider == "s3" and parsed.ref.bucket in SOURCE_BUCKETS:
+                if parsed and (parsed.ref.provider, parsed.ref.bucket) in source_buckets:
                     seoul_cells += 1
                     media_cells += parsed.ref.uri in in_scope
     log.info(
-        "estate: %s: users %s, photos %s, messages %s rows; %s URL cells point into Seoul (%s at media in scope)",
-        app_db_url, len(rows["users"]), len(rows["photos"]), len(rows["messages"]), seoul_cells, media_cells,
+        "estate: %s: %s; %s URL cells point into Seoul (%s at media in scope)",
+        app_db_url, ", ".join(f"{name} {len(r)}" for name, r in rows.items()) + " rows", seoul_cells, media_cells,
     )
 
     policy_path = workdir / "policy.yaml"
-    policy_path.write_text(_policy_yaml(migration_id, affiliate_id, 10 if scale == "small" else 100), encoding="utf-8")
+    policy_path.write_text(
+        _policy_yaml(migration_id, affiliate_id, 10 if scale == "small" else 100, gcs=gcs is not None),
+        encoding="utf-8",
+    )
 
     return Estate(
         endpoint_url=server.endpoint_url,
@@ -596,4 +847,8 @@ def seed_estate(
         other_objects=other_objects,
         references=seoul_cells,
         media_references=media_cells,
+        gcs_endpoint=gcs.endpoint_url if gcs is not None else None,
+        gcs_source_buckets=GCS_SOURCE_BUCKETS if gcs is not None else (),
+        gcs_destination_bucket=GCS_DESTINATION_BUCKET if gcs is not None else None,
+        routes=routes,
     )
