@@ -38,6 +38,7 @@ test: install airflow-db
 
 bench: install
 	$(BIN)/python benchmarks/bench_copy.py
+	$(BIN)/python benchmarks/bench_memory.py --gib 1 --route 's3->gs'
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

@@ -1,7 +1,8 @@
 """`make demo`: a whole Seoul -> Tokyo migration on the local cloud.
 
-Starts moto server on loopback (S3, IAM, STS, with IAM enforcement on), seeds the
-overseas estate and the application database, runs the `residency_migration`
+Starts moto server on loopback (S3, IAM, STS, with IAM enforcement on) and
+fake-gcs-server (GCS), seeds the overseas estate (S3 and GCS buckets, routed
+s3->s3, s3->gs, gs->gs and gs->s3) and the application database, runs the `residency_migration`
 DAG with `airflow dags test`, prints a summary, writes demo-output/, stops what it
 started, and exits non-zero unless the migration fully succeeded.
 """
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT / "include"))
 
 from residency.localcloud.dagrun import run_dag_test  # noqa: E402
 from residency.localcloud.estate import seed_estate  # noqa: E402
-from residency.localcloud.servers import MotoServer  # noqa: E402
+from residency.localcloud.servers import FakeGcsServer, MotoServer  # noqa: E402
 
 OUT = ROOT / "demo-output"
 WORK = ROOT / ".localcloud" / "demo"
@@ -44,12 +45,14 @@ def main() -> int:
     WORK.mkdir(parents=True)
     OUT.mkdir(parents=True)
 
-    with MotoServer(log_path=WORK / "moto.log") as server:
+    with MotoServer(log_path=WORK / "moto.log") as server, FakeGcsServer(log_path=WORK / "fake-gcs.log") as gcs:
         admin = server.enforce_auth()
-        print(f"local cloud: moto server (S3, IAM, STS) on {server.endpoint_url}, IAM enforcement on")
-        estate = seed_estate(server, admin, WORK, scale="demo")
+        print(f"local cloud: moto server (S3, IAM, STS) on {server.endpoint_url}, IAM enforcement on; "
+              f"fake-gcs-server (GCS) on {gcs.endpoint_url}")
+        estate = seed_estate(server, admin, WORK, gcs=gcs, scale="demo")
         print(
-            f"seeded: {len(estate.source_buckets)} Seoul buckets, {estate.media_objects} media objects "
+            f"seeded: {len(estate.source_buckets) + len(estate.gcs_source_buckets)} Seoul buckets (S3 and GCS), "
+            f"{estate.media_objects} media objects "
             f"({human(estate.media_bytes)}), {estate.other_objects} non-media objects, "
             f"{estate.references} URL references in {estate.app_db_url}"
         )
@@ -77,7 +80,8 @@ def main() -> int:
     for src in evidence["sources"]:
         c = src["counts"]
         print(
-            f"  {src['uri']:<28} {src['region']} ({src['jurisdiction']}): listed {c['inventoried']['objects']}, "
+            f"  {src['uri']:<28} {src['region']} ({src['jurisdiction']}, {src.get('placement_source', '?')}): "
+            f"listed {c['inventoried']['objects']}, "
             f"in scope {c['in_scope']['objects']} ({human(c['in_scope']['bytes'])}), "
             f"verified {c['verified']['objects']}, failed {c['failed']['objects']}"
         )

@@ -20,7 +20,8 @@ from botocore.exceptions import ClientError
 from residency.audit import verify_audit_log
 from residency.localcloud.dagrun import run_dag_test
 from residency.localcloud.estate import seed_estate
-from residency.localcloud.servers import MotoServer
+from residency.localcloud.servers import FakeGcsServer, MotoServer
+from residency.stores.gcs import GcsStore
 from residency.stores.s3 import S3Store
 from residency.uris import parse_url
 
@@ -47,10 +48,13 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory):
+    """The small estate on S3 and GCS: all four routes (s3->s3, s3->gs, gs->gs, gs->s3)."""
     work = tmp_path_factory.mktemp("estate")
-    with MotoServer(log_path=work / "moto.log") as server:
+    with MotoServer(log_path=work / "moto.log") as server, FakeGcsServer(log_path=work / "gcs.log") as gcs:
         admin = server.enforce_auth()
-        yield seed_estate(server, admin, work, scale="small"), admin
+        est = seed_estate(server, admin, work, gcs=gcs, scale="small")
+        assert set(est.routes) == {"s3->s3", "s3->gs", "gs->gs", "gs->s3"}
+        yield est, admin
 
 
 def run(estate, airflow_env, out: Path, **conf):
@@ -65,7 +69,8 @@ def app_urls(est) -> list[str]:
     try:
         rows = db.execute(
             "SELECT avatar_url FROM users UNION ALL SELECT url FROM photos UNION ALL "
-            "SELECT thumbnail_url FROM photos UNION ALL SELECT attachment_url FROM messages"
+            "SELECT thumbnail_url FROM photos UNION ALL SELECT attachment_url FROM messages UNION ALL "
+            "SELECT gcs_url FROM videos UNION ALL SELECT poster_url FROM videos"
         ).fetchall()
     finally:
         db.close()
@@ -106,19 +111,25 @@ def test_full_migration_then_safe_rerun(estate, airflow_env, tmp_path):
     outcome = run(estate, airflow_env, tmp_path / "first")
     assert outcome.succeeded, f"DAG run {outcome.state}; failed tasks {outcome.failed_tasks}; log {outcome.log_path}"
 
-    # Destination: every in-scope object, byte for byte.
-    store = S3Store(admin.s3_client_factory())
-    dst_keys = [r.key for r in store.list_objects(est.destination_bucket)]
-    assert len(dst_keys) == est.media_objects + 1  # plus the unrelated object that was already there
+    # Destinations: every in-scope object of its route, byte for byte.
+    s3 = S3Store(admin.s3_client_factory())
+    gcs = GcsStore(FakeGcsServer(port=int(est.gcs_endpoint.rsplit(":", 1)[1])).credentials("check").client())
+    dst_stores = {est.destination_bucket: s3, est.gcs_destination_bucket: gcs}
+    to_s3 = est.routes["s3->s3"]["objects"] + est.routes["gs->s3"]["objects"]
+    to_gcs = est.routes["s3->gs"]["objects"] + est.routes["gs->gs"]["objects"]
+    assert len(list(s3.list_objects(est.destination_bucket))) == to_s3 + 1  # plus the object already there
+    assert len(list(gcs.list_objects(est.gcs_destination_bucket))) == to_gcs + 1
 
     # References: every reference to a media object now points at Tokyo, in the same URL style.
+    sources = set(est.source_buckets) | set(est.gcs_source_buckets)
     urls = app_urls(est)
-    overseas = [u for u in urls if (p := parse_url(u)) and p.ref.bucket in est.source_buckets]
+    overseas = [u for u in urls if (p := parse_url(u)) and p.ref.bucket in sources]
     assert len(overseas) == est.references - est.media_references  # only non-media and dangling ones remain
-    tokyo = [p for u in urls if (p := parse_url(u)) and p.ref.bucket == est.destination_bucket]
+    tokyo = [p for u in urls if (p := parse_url(u)) and p.ref.bucket in dst_stores]
     assert len(tokyo) == est.media_references
+    assert {p.ref.provider for p in tokyo} == {"s3", "gs"}
     for parsed in tokyo:
-        assert b"".join(store.read(parsed.ref)) is not None  # every rewritten URL resolves
+        dst_stores[parsed.ref.bucket].stat(parsed.ref)  # every rewritten URL names an object that exists
         if parsed.region:
             assert parsed.region == "ap-northeast-1"
 
@@ -136,6 +147,12 @@ def test_full_migration_then_safe_rerun(estate, airflow_env, tmp_path):
     assert rec["copied"]["objects"] + rec["already_present"]["objects"] == rec["verified"]["objects"]
     assert evidence["revocations"]["all_denied"] is True
     assert evidence["references"]["cutover"]["rewritten"] == est.media_references
+    routes = {r["route"]: r for r in evidence["routes"]}
+    for name, seeded in est.routes.items():
+        assert routes[name]["counts"]["verified"] == seeded, name
+        assert routes[name]["algorithms"], name
+    declared = {src["uri"]: src["placement_source"] for src in evidence["sources"]}
+    assert declared["gs://seoul-line-gcs-photos"] == "declared" and declared["s3://seoul-line-photos"] == "discovered"
     head = verify_audit_log(tmp_path / "first" / "audit.jsonl")
     assert head.head == evidence["audit_log"]["head"]
     log = outcome.log_path.read_text()
