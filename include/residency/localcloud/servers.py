@@ -39,7 +39,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..clients import AwsCredentials, GcsCredentials
 
@@ -56,45 +56,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class MotoServer:
-    """A moto server child process on ``127.0.0.1:port``."""
+class _ChildServer:
+    """An emulator run as a child process on loopback: start, wait until it answers, stop."""
 
-    port: int = 0
-    log_path: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    _proc: subprocess.Popen[bytes] | None = None
+    name = "server"
+    ready_path = "/"
+    port: int
+    log_path: Path | None
+    _proc: subprocess.Popen[bytes] | None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> MotoServer:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def child_env(self) -> dict[str, str] | None:
+        return None
+
+    def start(self, timeout: float = 60.0) -> Self:
         if self.port == 0:
             self.port = free_port()
-        env = dict(os.environ)
-        env.update(self.env)
-        # moto's dummy credentials must never be mistaken for real ones.
-        env.pop("AWS_PROFILE", None)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.child_env()
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with code {self._proc.returncode}")
+                raise RuntimeError(f"{self.name} exited with code {self._proc.returncode}")
             try:
-                urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=2).read()
-                log.info("moto server listening on %s (pid %s)", self.endpoint_url, self._proc.pid)
+                urllib.request.urlopen(f"{self.endpoint_url}{self.ready_path}", timeout=2).read()
+                log.info("%s listening on %s (pid %s)", self.name, self.endpoint_url, self._proc.pid)
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
+                time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"moto server did not answer on {self.endpoint_url} within {timeout}s")
+        raise RuntimeError(f"{self.name} did not answer on {self.endpoint_url} within {timeout}s")
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
@@ -106,11 +109,34 @@ class MotoServer:
                 self._proc.wait()
         self._proc = None
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@dataclass
+class MotoServer(_ChildServer):
+    """A moto server child process on ``127.0.0.1:port``."""
+
+    port: int = 0
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+
+    name = "moto server"
+    ready_path = "/moto-api/data.json"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        # moto's dummy credentials must never be mistaken for real ones.
+        env.pop("AWS_PROFILE", None)
+        return env
 
     def _post(self, path: str, body: bytes = b"") -> None:
         req = urllib.request.Request(
@@ -165,7 +191,7 @@ def fake_gcs_binary() -> Path:
 
 
 @dataclass
-class FakeGcsServer:
+class FakeGcsServer(_ChildServer):
     """A fake-gcs-server child process on ``127.0.0.1:port`` (memory backend, HTTP).
 
     ``location`` is what every bucket reports, whatever location it was created
@@ -181,55 +207,15 @@ class FakeGcsServer:
     external_url: str | None = None
     _proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    name = "fake-gcs-server"
+    ready_path = "/storage/v1/b"
 
-    def start(self, timeout: float = 30.0) -> FakeGcsServer:
-        if self.port == 0:
-            self.port = free_port()
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
-            self._proc = subprocess.Popen(
-                [
-                    str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory",
-                    "-host", "127.0.0.1", "-port", str(self.port), "-location", self.location,
-                    "-external-url", self.external_url or self.endpoint_url,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()  # the child holds its own descriptor
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited with code {self._proc.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.endpoint_url}/storage/v1/b", timeout=2).read()
-                log.info("fake-gcs-server listening on %s (pid %s)", self.endpoint_url, self._proc.pid)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"fake-gcs-server did not answer on {self.endpoint_url} within {timeout}s")
-
-    def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> FakeGcsServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        return [
+            str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory",
+            "-host", "127.0.0.1", "-port", str(self.port), "-location", self.location,
+            "-external-url", self.external_url or self.endpoint_url,
+        ]
 
     def credentials(self, conn_id: str, project: str = "residency-local") -> GcsCredentials:
         """Anonymous credentials aimed at this emulator (it checks none)."""
