@@ -96,6 +96,7 @@ class Transfer:
     part_size: int = 64 * MiB
     shard_size: int = 200
     workers: int = 8
+    sha256: bool = False  # also prove every object with SHA-256 (reads back what no server reports)
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,10 @@ def _positive_int(raw: Mapping[str, Any], name: str, default: int, low: int, hig
 def _transfer(raw: Any) -> Transfer:
     if not isinstance(raw, dict):
         raise PolicyError("transfer", raw, "expected a mapping")
-    _no_unknown(raw, "transfer.", {"multipart_threshold_mb", "part_size_mb", "shard_size", "workers"})
+    _no_unknown(raw, "transfer.", {"multipart_threshold_mb", "part_size_mb", "shard_size", "workers", "sha256"})
+    sha256 = raw.get("sha256", False)
+    if not isinstance(sha256, bool):
+        raise PolicyError("transfer.sha256", sha256, "expected true or false")
     threshold = _positive_int(raw, "multipart_threshold_mb", 64, 5, 5 * 1024)
     part = _positive_int(raw, "part_size_mb", min(64, threshold), 5, 5 * 1024)
     if part > threshold:
@@ -331,6 +335,7 @@ def _transfer(raw: Any) -> Transfer:
         part_size=part * MiB,
         shard_size=_positive_int(raw, "shard_size", 200, 1, 100_000),
         workers=_positive_int(raw, "workers", 8, 1, 64),
+        sha256=sha256,
     )
 
 

@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, unquote
 
 from . import checksums
@@ -218,13 +218,14 @@ def copy_shard(
             log.info("copy %s -> %s: would copy %d bytes (dry run)", row["src_uri"], row["dst_uri"], row["size"])
             return
         try:
-            action, method = _copy_one(policy, row, src_store, dst_store, server_side)
+            action, method, streamed = _copy_one(policy, row, src_store, dst_store, server_side)
         except StoreError as exc:
             _fail(result, ledger, policy, row["src_uri"], f"{type(exc).__name__}: {exc.reason}", row)
             return
+        extra = {"src_checksums": {**row["src_checksums"], **streamed}} if streamed else {}
         ledger.update_object(
             policy.migration_id, row["src_uri"], state=COPIED, copy_action=action, copy_method=method,
-            reason=None, attempts=row["attempts"] + 1,
+            reason=None, attempts=row["attempts"] + 1, **extra,
         )
         if action == "copied":
             result.copied += 1
@@ -245,7 +246,8 @@ def copy_shard(
 
 def _copy_one(
     policy: Policy, row: dict[str, Any], src_store: Store, dst_store: Store, server_side: bool
-) -> tuple[str, str]:
+) -> tuple[str, str, dict[str, str]]:
+    """Copy one object; returns (action, method, digests computed from the streamed bytes)."""
     src = _pin(src_store, row)
     dst_ref = parse_uri(row["dst_uri"])
     expected = _expected(row, src)
@@ -257,7 +259,7 @@ def _copy_one(
     if existing is not None:
         if _already_there(expected, dst_store, existing, src.size):
             log.info("copy %s -> %s: already present with the same content, not copied", src.ref.uri, dst_ref.uri)
-            return "already_present", "none"
+            return "already_present", "none", {}
         if written_by_us(existing, policy.migration_id, src.ref.uri):
             log.warning(
                 "copy %s -> %s: replacing this migration's earlier copy (source etag was %s)",
@@ -280,17 +282,28 @@ def _copy_one(
             threshold = getattr(getattr(dst_store, "transfer", None), "multipart_threshold", float("inf"))
             method = "server_side_multipart" if src.size > threshold else "server_side"
             log.info("copy %s -> %s: copied %d bytes (%s)", src.ref.uri, dst_ref.uri, src.size, method)
-            return "copied", method
+            return "copied", method, {}
         except PermissionDenied as exc:
             log.warning(
                 "copy %s: destination credentials cannot read the source (%s); streaming instead",
                 src.ref.uri, exc.reason,
             )
-    _stream_copy(policy.migration_id, src_store, src, dst_store, dst_ref, metadata, expected, create_only=not replace)
-    return "copied", "streamed"
+    _, digests = _stream_copy(
+        policy.migration_id, src_store, src, dst_store, dst_ref, metadata, expected,
+        create_only=not replace, digests=("sha256",) if policy.transfer.sha256 else (),
+    )
+    # The bytes hashed on the way passed the check against the source's own checksum.
+    return "copied", "streamed", digests
 
 
 STREAM_ATTEMPTS = 3
+
+
+def _hashed(chunks: Iterable[bytes], hasher: checksums.MultiHasher | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if hasher is not None:
+            hasher.update(chunk)
+        yield chunk
 
 
 def _adopt_existing(
@@ -315,20 +328,23 @@ def _stream_copy(
     expected: dict[str, str],
     *,
     create_only: bool,
-) -> ObjectInfo:
+    digests: tuple[str, ...] = (),
+) -> tuple[ObjectInfo, dict[str, str]]:
     """Copy through this process in one streaming pass, memory bounded by the stores' chunks.
 
     The destination store checks the bytes against the source's checksums before it
     creates the object where it can (S3), and the result is compared with what the
     destination reports afterwards: a mismatch (bits flipped on the way) deletes the
-    new object and tries again, up to ``STREAM_ATTEMPTS`` times.
+    new object and tries again, up to ``STREAM_ATTEMPTS`` times. Returns the
+    destination's info and the ``digests`` computed from the bytes that went through.
     """
     last: ChecksumMismatch | None = None
     for attempt in range(1, STREAM_ATTEMPTS + 1):
+        hasher = checksums.MultiHasher(digests) if digests else None
         try:
             info = dst_store.write(
                 dst_ref,
-                src_store.read(src.ref, version=src.version),
+                _hashed(src_store.read(src.ref, version=src.version), hasher),
                 content_type=src.content_type,
                 metadata=metadata,
                 headers=src.headers,
@@ -339,14 +355,14 @@ def _stream_copy(
         except ChecksumMismatch as exc:
             last = exc
         except PreconditionFailed:
-            return _adopt_existing(migration_id, src, dst_store, dst_ref, expected)
+            return _adopt_existing(migration_id, src, dst_store, dst_ref, expected), {}
         else:
             algorithm = checksums.common_algorithm(expected, dict(info.checksums))
             if not dst_store.capabilities.validates_upload_checksums:
                 algorithm = None  # its report may echo our own claim; verify reads back instead
             if info.size == src.size and (algorithm is None or expected[algorithm] == info.checksums[algorithm]):
                 log.info("copy %s -> %s: copied %d bytes (streamed)", src.ref.uri, dst_ref.uri, src.size)
-                return info
+                return info, (hasher.hexdigests() if hasher else {})
             last = ChecksumMismatch(
                 dst_ref.uri,
                 f"destination reports {algorithm} {info.checksums.get(algorithm or '')} and {info.size} bytes, "
@@ -396,7 +412,7 @@ def verify_shard(
         if row["state"] in DONE:
             result.already_verified += 1
             return
-        verdict, detail = _verify_one(row, src_store, dst_store)
+        verdict, detail = _verify_one(row, src_store, dst_store, require_sha256=policy.transfer.sha256)
         result.verdicts[verdict.value] += 1
         if verdict is Verdict.MATCH:
             result.verified += 1
@@ -425,7 +441,9 @@ def verify_shard(
     return result
 
 
-def _verify_one(row: dict[str, Any], src_store: Store, dst_store: Store) -> tuple[Verdict, dict[str, Any]]:
+def _verify_one(
+    row: dict[str, Any], src_store: Store, dst_store: Store, *, require_sha256: bool = False
+) -> tuple[Verdict, dict[str, Any]]:
     try:
         src = _pin(src_store, row)
     except SourceChanged as exc:
@@ -449,19 +467,24 @@ def _verify_one(row: dict[str, Any], src_store: Store, dst_store: Store) -> tupl
         # against it: what it reports proves nothing about what arrived.
         algorithm = None
         dst_sums = {}
+    if require_sha256 and algorithm != "sha256":
+        algorithm = None  # the policy asks for SHA-256 proof: read back
     try:
         if algorithm is None:
             # No hash both servers report: read the destination back and hash it the
-            # way the source already is; if the source has nothing either, hash both.
+            # way the source already is; if the source lacks what is needed, hash it too.
             method = "read_back"
             wanted = [a for a in ("crc32c", "md5", "sha256") if a in expected] or ["crc32c", "md5"]
+            if require_sha256 and "sha256" not in wanted:
+                wanted.append("sha256")
             computed, size = checksums.hash_stream(dst_store.read(dst.ref), wanted)
             if size != src.size:
                 return Verdict.MISMATCH, {"reason": f"read back {size} bytes, source has {src.size}"}
             dst_sums.update(computed)
-            if not any(a in expected for a in wanted):
+            missing = [a for a in wanted if a not in expected]
+            if missing == wanted or (require_sha256 and "sha256" in missing):
                 method = "read_back_both"
-                src_sums, _ = checksums.hash_stream(src_store.read(src.ref, version=src.version), wanted)
+                src_sums, _ = checksums.hash_stream(src_store.read(src.ref, version=src.version), missing)
                 expected.update(src_sums)
             algorithm = checksums.common_algorithm(expected, dst_sums)
     except StoreError as exc:
