@@ -107,6 +107,7 @@ class Runtime:
 
     def end(self, phase: str, result: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
         summary = dict(result)
+        run_id = run_id or (self.plan.get("run") or {}).get("run_id")
         self.ledger.record_phase(self.policy.migration_id, phase, summary, run_id=run_id)
         self.ledger.audit(self.policy.migration_id, f"{phase}.done", _compact(summary))
         log.info("END %s: %s", phase, _compact(summary))
