@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -187,6 +188,26 @@ def _already_there(expected: dict[str, str], dst_store: Store, existing: ObjectI
     return read == size and all(computed[a] == expected[a] for a in wanted)
 
 
+_TALLY_LOCK = threading.Lock()
+
+
+def _tally(result: CopyResult | VerifyResult, **changes: Any) -> None:
+    """Update a shard's counters from a worker thread (``+=`` is not atomic).
+
+    ``name=n`` adds n; ``name=(key, n)`` adds n to a Counter; ``failures=x`` appends.
+    """
+    with _TALLY_LOCK:
+        for name, change in changes.items():
+            current = getattr(result, name)
+            if isinstance(current, list):
+                current.append(change)
+            elif isinstance(current, Counter):
+                key, n = change
+                current[key] += n
+            else:
+                setattr(result, name, current + change)
+
+
 def copy_shard(
     policy: Policy,
     ledger: Ledger,
@@ -204,17 +225,17 @@ def copy_shard(
 
     def one(record: dict[str, Any]) -> None:
         row = rows.get(record["src_uri"])
-        result.objects += 1
-        result.bytes += record["size"]
+        _tally(result, objects=1)
+        _tally(result, bytes=record["size"])
         if row is None:
             _fail(result, ledger, policy, record["src_uri"], "not in the ledger: inventory was not recorded")
             return
         if row["state"] in DONE:
-            result.already_verified += 1
+            _tally(result, already_verified=1)
             log.info("copy %s: skipped, already verified at %s", row["src_uri"], row["dst_uri"])
             return
         if dry_run:
-            result.would_copy += 1
+            _tally(result, would_copy=1)
             log.info("copy %s -> %s: would copy %d bytes (dry run)", row["src_uri"], row["dst_uri"], row["size"])
             return
         try:
@@ -228,11 +249,11 @@ def copy_shard(
             reason=None, attempts=row["attempts"] + 1, **extra,
         )
         if action == "copied":
-            result.copied += 1
-            result.copied_bytes += row["size"]
-            result.methods[method] += 1
+            _tally(result, copied=1)
+            _tally(result, copied_bytes=row["size"])
+            _tally(result, methods=(method, 1))
         else:
-            result.already_present += 1
+            _tally(result, already_present=1)
 
     with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
         list(pool.map(one, records))
@@ -384,9 +405,9 @@ def _fail(
     row: dict[str, Any] | None = None,
 ) -> None:
     log.error("%s %s: FAILED: %s", "copy" if isinstance(result, CopyResult) else "verify", src_uri, reason)
-    result.failures.append({"src_uri": src_uri, "reason": reason})
+    _tally(result, failures={"src_uri": src_uri, "reason": reason})
     if isinstance(result, CopyResult):
-        result.failed += 1
+        _tally(result, failed=1)
     if row is not None:
         ledger.update_object(policy.migration_id, src_uri, state=FAILED, reason=reason, attempts=row["attempts"] + 1)
 
@@ -405,20 +426,19 @@ def verify_shard(
 
     def one(record: dict[str, Any]) -> None:
         row = rows.get(record["src_uri"])
-        result.objects += 1
+        _tally(result, objects=1)
         if row is None or row["state"] not in (COPIED, *DONE):
-            result.not_copied += 1
+            _tally(result, not_copied=1)
             return
         if row["state"] in DONE:
-            result.already_verified += 1
+            _tally(result, already_verified=1)
             return
         verdict, detail = _verify_one(row, src_store, dst_store, require_sha256=policy.transfer.sha256)
-        result.verdicts[verdict.value] += 1
+        _tally(result, verdicts=(verdict.value, 1))
         if verdict is Verdict.MATCH:
-            result.verified += 1
-            result.verified_bytes += row["size"]
-            result.algorithms[detail["algorithm"]] += 1
-            result.methods[detail["method"]] += 1
+            _tally(result, verified=1)
+            _tally(result, verified_bytes=row["size"])
+            _tally(result, algorithms=(detail["algorithm"], 1), methods=(detail["method"], 1))
             ledger.update_object(
                 policy.migration_id, row["src_uri"], state=VERIFIED, verify_algorithm=detail["algorithm"],
                 verify_method=detail["method"], dst_checksums=detail["dst"], reason=None,
