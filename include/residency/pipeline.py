@@ -22,7 +22,7 @@ from .clients import AwsCredentials, GcsCredentials
 from .errors import JurisdictionError, PolicyError, StoreError
 from .jurisdictions import Placement, placement_of
 from .ledger import Ledger
-from .policy import Destination, Policy, Source, load_policy
+from .policy import Destination, Source, load_policy
 from .stores.base import Store
 from .stores.gcs import GcsStore
 from .stores.s3 import S3Store, S3TransferConfig

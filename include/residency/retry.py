@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 
 import tenacity
 
-from .errors import TransientError
+from .errors import ResidencyError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,22 @@ class RetryPolicy:
             reraise=True,
         )
         return retrying(fn)
+
+    def call_translated(
+        self, what: str, uri: str, fn: Callable[[], T], translate: Callable[[Exception, str], Exception]
+    ) -> T:
+        """Like :meth:`call` for an SDK call: its exceptions become the project's own
+        (``translate`` re-raises kinds it does not know) before retrying is decided."""
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except ResidencyError:
+                raise
+            except Exception as exc:
+                raise translate(exc, uri) from exc
+
+        return self.call(f"{what} {uri}", attempt)
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -301,15 +301,7 @@ class GcsStore:
 
     # -- plumbing ---------------------------------------------------------
     def _call(self, what: str, uri: str, fn: Callable[[], Any]) -> Any:
-        def attempt() -> Any:
-            try:
-                return fn()
-            except ResidencyError:
-                raise
-            except Exception as exc:  # translated; unknown kinds re-raised by translate
-                raise translate(exc, uri) from exc
-
-        return self.retry.call(f"{what} {uri}", attempt)
+        return self.retry.call_translated(what, uri, fn, translate)
 
     def _blob(self, ref: ObjectRef, version: str | None = None) -> Any:
         return self.client.bucket(ref.bucket).blob(ref.key, generation=_generation(version))

@@ -27,7 +27,6 @@ from ..errors import (
     ObjectNotFound,
     PermissionDenied,
     PreconditionFailed,
-    ResidencyError,
     SourceChanged,
     StoreError,
     TransientError,
@@ -35,7 +34,7 @@ from ..errors import (
 from ..jurisdictions import Placement, placement_of
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..uris import ObjectRef
-from .base import CONTENT_HEADERS, Capabilities, ObjectInfo
+from .base import Capabilities, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +213,7 @@ class S3Store:
         return self._client(self._bucket_regions[bucket])
 
     def _call(self, what: str, uri: str, fn: Callable[[], Any]) -> Any:
-        def attempt() -> Any:
-            try:
-                return fn()
-            except ResidencyError:
-                raise
-            except Exception as exc:  # translated; unknown kinds re-raised by translate
-                raise translate(exc, uri) from exc
-
-        return self.retry.call(f"{what} {uri}", attempt)
+        return self.retry.call_translated(what, uri, fn, translate)
 
     # -- protocol ---------------------------------------------------------
     def placement(self, bucket: str) -> Placement:
