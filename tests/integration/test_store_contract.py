@@ -5,11 +5,15 @@ A provider joins by subclassing :class:`StoreContract` and providing the fixture
 S3 runs over moto server, GCS over fake-gcs-server; the GCS-specific tests at the
 end also use :class:`GcsJsonApiProxy`, a small fake in front of the emulator for
 the parts of the JSON API the emulator does not implement (multi-round rewrites,
-resumable-upload status checks).
+resumable-upload status checks), and the S3 conditional-write tests use
+:class:`S3ConflictStub` in front of moto to answer S3's ``409
+ConditionalRequestConflict``, which moto never sends. The listing contract
+(``list_entries``) is in ``test_store_listing.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -21,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 from google.api_core import exceptions as gexc
 from google.auth.exceptions import RefreshError
 from google.cloud import storage
@@ -43,6 +48,7 @@ from residency.stores import gcs as gcs_module
 from residency.stores.base import Store
 from residency.stores.gcs import GcsStore, GcsTransferConfig, placement_from_bucket, translate
 from residency.stores.s3 import S3Store, S3TransferConfig
+from residency.stores.s3 import translate as s3_translate
 from residency.uris import ObjectRef
 
 MiB = 1024 * 1024
@@ -53,6 +59,8 @@ UNICODE_KEYS = [
     "deep/a/b/c/d/e/f/g/h/i/j/clip.mp4",
     "odd/  leading and trailing spaces  .gif",
 ]
+#: Keys that differ only in slashes: seven distinct objects, never normalised into one.
+SLASH_KEYS = ["a", "/a", "//a", "a/", "a//b", "a/b", "/"]
 
 
 def _body(size: int, seed: int = 0) -> bytes:
@@ -87,6 +95,27 @@ class StoreContract:
         assert again.checksums.get("crc32c") == checksums.crc32c_hex(body)
         assert b"".join(store.read(self.ref(bucket, key))) == body
         assert [r.key for r in store.list_objects(bucket)] == [key]
+
+    @pytest.mark.parametrize("deleted", SLASH_KEYS)
+    def test_keys_that_differ_only_in_slashes_are_different_objects(
+        self, store: Store, bucket: str, deleted: str
+    ) -> None:
+        bodies = {key: f"body {i} of {key!r}".encode() * (i + 1) for i, key in enumerate(SLASH_KEYS)}
+        for key, body in bodies.items():
+            store.write(self.ref(bucket, key), [body], content_type="text/plain")
+        assert [r.key for r in store.list_objects(bucket)] == sorted(SLASH_KEYS)
+        assert {e.ref.key: e.size for e in store.list_entries(bucket)} == {k: len(b) for k, b in bodies.items()}
+        for key, body in bodies.items():
+            assert store.stat(self.ref(bucket, key)).size == len(body), key
+            assert b"".join(store.read(self.ref(bucket, key))) == body, key
+        store.delete(self.ref(bucket, deleted))
+        left = sorted(k for k in SLASH_KEYS if k != deleted)
+        assert [r.key for r in store.list_objects(bucket)] == left
+        assert [e.ref.key for e in store.list_entries(bucket, with_version=True)] == left
+        with pytest.raises(ObjectNotFound):
+            store.stat(self.ref(bucket, deleted))
+        for key in left:
+            assert b"".join(store.read(self.ref(bucket, key))) == bodies[key], key
 
     def test_listing_pages_through_every_key_under_a_prefix(self, store: Store, bucket: str) -> None:
         keys = [f"p/{i:03d}.png" for i in range(23)] + ["q/outside.png"]
@@ -206,6 +235,225 @@ class TestS3Store(StoreContract):
         stranger = moto_server.credentials("x", "AKIASTRANGER00000000", "wrong", "ap-northeast-2")
         with pytest.raises(PermissionDenied):
             S3Store(stranger.s3_client_factory()).stat(self.ref(bucket, "a.jpg"))
+
+
+# -- S3 conditional-write conflicts, over HTTP ------------------------------------------
+
+
+#: S3's answer when a conditional write races another write of the same key.
+CONFLICT_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>ConditionalRequestConflict</Code>"
+    b"<Message>A conflicting operation occurred. If using PutObject you can retry the request. "
+    b"If using multipart upload you should initiate another CreateMultipartUpload request and "
+    b"re-upload each part.</Message><RequestId>stub</RequestId></Error>"
+)
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+
+
+def s3_operation(method: str, path: str, headers: dict[str, str]) -> str:
+    """The S3 operation of a path-style request, for the few this stub needs to tell apart."""
+    query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+    copy = "x-amz-copy-source" in {k.lower() for k in headers}
+    if method == "PUT" and "uploadId" in query:
+        return "UploadPartCopy" if copy else "UploadPart"
+    if method == "PUT":
+        return "CopyObject" if copy else "PutObject"
+    if method == "POST" and "uploads" in query:
+        return "CreateMultipartUpload"
+    if method == "POST" and "uploadId" in query:
+        return "CompleteMultipartUpload"
+    if method == "DELETE" and "uploadId" in query:
+        return "AbortMultipartUpload"
+    return f"{method} {urlsplit(path).path}"
+
+
+class S3ConflictStub:
+    """Forwards S3 requests to moto and answers chosen ones 409 ConditionalRequestConflict itself.
+
+    The fault proxy draws its error bodies from a fixed table (a 409 would say
+    ``Conflict``), so this stub answers the exact code S3 sends. Everything else
+    is forwarded verbatim, ``Host`` included (SigV4 signs it and moto checks the
+    signature). ``conflicts`` maps an S3 operation to how many of its first
+    requests get the 409 without reaching moto; ``operations`` records every
+    request's operation in order.
+    """
+
+    def __init__(self, upstream: str, conflicts: dict[str, int]) -> None:
+        self.upstream = urlsplit(upstream)
+        self.conflicts = dict(conflicts)
+        self.operations: list[str] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                assert "chunked" not in (self.headers.get("Transfer-Encoding") or ""), "stub reads Content-Length bodies"
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, headers, payload = stub.answer(self.command, self.path, list(self.headers.items()), body)
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                if not any(name.lower() == "content-length" for name, _ in headers):
+                    self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> S3ConflictStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, list, bytes]:
+        operation = s3_operation(method, path, dict(headers))
+        with self._lock:
+            self.operations.append(operation)
+            conflict = self.conflicts.get(operation, 0) > 0
+            if conflict:
+                self.conflicts[operation] -= 1
+        if conflict:
+            return 409, [("Content-Type", "application/xml"), ("x-amz-request-id", "stub")], CONFLICT_BODY
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for name, value in headers:
+                if name.lower() not in _HOP_BY_HOP:
+                    conn.putheader(name, value)
+            conn.endheaders(body or None)
+            resp = conn.getresponse()
+            payload = resp.read()
+            keep = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]  # a HEAD's length too
+            return resp.status, keep, payload
+        finally:
+            conn.close()
+
+
+class TestS3ConditionalConflicts:
+    """409 ConditionalRequestConflict is retried (PutObject, CopyObject); 412 is not; a
+    multipart complete that gets it is not repeated alone but aborted, as S3 asks."""
+
+    @pytest.fixture
+    def sleeps(self) -> list[float]:
+        return []
+
+    @pytest.fixture
+    def via_stub(self, admin, moto_server, sleeps: list[float]):
+        """S3Store through an S3ConflictStub with the given conflicts; yields (store, stub)."""
+        stubs: list[S3ConflictStub] = []
+
+        def make(**conflicts: int) -> tuple[S3Store, S3ConflictStub]:
+            stub = S3ConflictStub(moto_server.endpoint_url, conflicts).__enter__()
+            stubs.append(stub)
+            store = S3Store(
+                dataclasses.replace(admin, endpoint_url=stub.url).s3_client_factory(),
+                transfer=S3TransferConfig(multipart_threshold=6 * MiB, part_size=5 * MiB, stream_part_size=5 * MiB),
+                retry=RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.01, sleep=sleeps.append),
+                service=moto_server.endpoint_url,
+            )
+            return store, stub
+
+        yield make
+        for stub in stubs:
+            stub.__exit__()
+
+    @pytest.fixture
+    def direct(self, admin, moto_server) -> S3Store:
+        return S3Store(admin.s3_client_factory(), service=moto_server.endpoint_url)
+
+    @pytest.fixture
+    def bucket(self, make_bucket) -> str:
+        return make_bucket("ap-northeast-2")
+
+    def test_conflicting_put_is_retried_once_and_succeeds(self, via_stub, direct: S3Store, bucket: str,
+                                                          sleeps: list[float]) -> None:
+        store, stub = via_stub(PutObject=1)
+        ref = ObjectRef("s3", bucket, "race/a.jpg")
+        info = store.write(ref, [b"the one that won"], content_type="image/jpeg", create_only=True)
+        assert stub.operations.count("PutObject") == 2  # the 409, then the retry that moto stored
+        assert len(sleeps) == 1
+        assert info.size == len(b"the one that won")
+        assert b"".join(direct.read(ref)) == b"the one that won"
+
+    def test_conflicting_server_side_copy_is_retried_once(self, via_stub, direct: S3Store, bucket: str,
+                                                          make_bucket, sleeps: list[float]) -> None:
+        src = direct.write(ObjectRef("s3", bucket, "src.jpg"), [b"copied"], content_type="image/jpeg")
+        store, stub = via_stub(CopyObject=1)
+        dst = store.copy(src, ObjectRef("s3", make_bucket("ap-northeast-2"), "dst.jpg"), metadata={})
+        assert stub.operations.count("CopyObject") == 2
+        assert len(sleeps) == 1
+        assert b"".join(direct.read(dst.ref)) == b"copied"
+
+    def test_precondition_failed_is_not_retried(self, via_stub, direct: S3Store, bucket: str,
+                                                sleeps: list[float]) -> None:
+        ref = ObjectRef("s3", bucket, "taken.jpg")
+        direct.write(ref, [b"first"], content_type="image/jpeg")
+        store, stub = via_stub()  # the 412 is moto's own answer to If-None-Match: *
+        with pytest.raises(PreconditionFailed):
+            store.write(ref, [b"second"], content_type="image/jpeg", create_only=True)
+        assert stub.operations.count("PutObject") == 1
+        assert sleeps == []
+        assert b"".join(direct.read(ref)) == b"first"
+
+    def test_conflicting_multipart_complete_aborts_instead_of_repeating(
+        self, via_stub, direct: S3Store, bucket: str, sleeps: list[float], admin
+    ) -> None:
+        store, stub = via_stub(CompleteMultipartUpload=1)
+        ref = ObjectRef("s3", bucket, "race/big.mp4")
+        with pytest.raises(TransientError, match="ConditionalRequestConflict.*must start over"):
+            body = _body(7 * MiB, seed=2)
+            store.write(ref, (body[i : i + MiB] for i in range(0, len(body), MiB)), content_type="video/mp4")
+        uploads = [op for op in stub.operations if "Multipart" in op or op.startswith("UploadPart")]
+        assert uploads == [
+            "CreateMultipartUpload", "UploadPart", "UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload"
+        ]
+        assert sleeps == []
+        with pytest.raises(ObjectNotFound):
+            direct.stat(ref)
+        pending = admin.client("s3", "ap-northeast-2").list_multipart_uploads(Bucket=bucket)
+        assert pending.get("Uploads", []) == []
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        pytest.param(_client_error(409, "ConditionalRequestConflict"), TransientError, id="409 conflict is transient"),
+        pytest.param(_client_error(412, "PreconditionFailed"), PreconditionFailed, id="412 precondition"),
+        pytest.param(_client_error(409, "BucketAlreadyOwnedByYou"), StoreError, id="other 409 is permanent"),
+        pytest.param(_client_error(503, "SlowDown"), TransientError, id="503 slow down"),
+        pytest.param(_client_error(404, "NoSuchKey"), ObjectNotFound, id="404 key"),
+        pytest.param(_client_error(404, "NoSuchBucket"), BucketNotFound, id="404 bucket"),
+        pytest.param(_client_error(403, "AccessDenied"), PermissionDenied, id="403"),
+    ],
+)
+def test_translate_s3_errors(exc: ClientError, expected: type) -> None:
+    translated = s3_translate(exc, "s3://b/k")
+    assert type(translated) is expected
+    assert translated.uri == "s3://b/k"
 
 
 # -- Google Cloud Storage over fake-gcs-server ------------------------------------------

@@ -53,6 +53,31 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class Listed:
+    """One entry of a listing page: what the listing itself says, at no extra request.
+
+    A listing is how a store re-proves cheaply that objects are still there (1,000
+    keys per request instead of a HEAD per object). ``checksums`` follows the rule
+    of :class:`ObjectInfo`: only values that *prove* content, lowercase hex keyed
+    by algorithm. GCS lists ``crc32c`` always and ``md5`` unless the object is
+    composite; S3 lists none, because a listed ETag of an SSE-KMS or SSE-C object
+    is not its MD5 and the listing does not say how an object is encrypted.
+    """
+
+    ref: ObjectRef
+    size: int
+    etag: str | None = None
+    """Verbatim as the server lists it (S3 keeps the quotes); for preconditions, never a hash."""
+    version: str | None = None
+    """S3 VersionId (only when listed with versions; ``"null"`` becomes None) or GCS generation (always)."""
+    last_modified: str | None = None
+    """ISO 8601, timezone-aware UTC."""
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    multipart: bool = False
+    """S3: the ETag has a part count (``-N``); GCS: the object is composite (``componentCount``)."""
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """Optional abilities of a store (rclone's ``fs.Features``)."""
 
@@ -89,7 +114,27 @@ class Store(Protocol):
         """Where the bucket is; raises ``BucketNotFound`` / ``PermissionDenied``."""
 
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectRef]:
-        """Every key under ``prefix``, page by page; never holds the whole listing."""
+        """Every key under ``prefix``, in key order: the refs of :meth:`list_entries`."""
+
+    def list_entries(self, bucket: str, prefix: str = "", *, with_version: bool = False) -> Iterator[Listed]:
+        """The live object of every key under ``prefix``, in key order, page by page.
+
+        One request per page of the store's page size (at most 1,000 keys), each page
+        retried alone; never the whole listing in memory, never a request per
+        object. Keys are exact byte strings: ``"a"``, ``"/a"``, ``"a/"`` and
+        ``"a//b"`` are different objects, and no delimiter is applied.
+
+        S3 lists with ListObjectsV2 (``version`` None); with ``with_version``,
+        ListObjectVersions, yielding only the latest version of each key and
+        skipping keys whose latest entry is a delete marker (the key is not live).
+        GCS lists live objects with objects.list and a fields mask, and always
+        reports the generation; ``with_version`` changes nothing there.
+
+        Raises:
+            BucketNotFound: the bucket does not exist (when the first page is fetched).
+            PermissionDenied: the credentials may not list the bucket.
+            TransientError: a page still failed after the retry policy gave up.
+        """
 
     def stat(self, ref: ObjectRef, version: str | None = None) -> ObjectInfo:
         """Metadata and checksums of the object (of ``version`` when given)."""

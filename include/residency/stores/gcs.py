@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import requests
@@ -45,7 +46,7 @@ from ..errors import (
 from ..jurisdictions import Placement, placement_of
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..uris import ObjectRef
-from .base import CONTENT_HEADERS, Capabilities, ObjectInfo
+from .base import CONTENT_HEADERS, Capabilities, Listed, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ GCS_CHUNK_QUANTUM = 256 * KiB
 GCS_MAX_OBJECT = 5 * 1024**4
 #: Bodies up to this size go in one multipart request (the library's own limit for that).
 SINGLE_REQUEST_MAX = 8 * MiB
+#: Most objects one objects.list request returns.
+GCS_MAX_LIST_PAGE = 1000
+#: What a listing page asks for (objects.list ``fields``): all that :class:`Listed` holds.
+LIST_FIELDS = "items(name,size,etag,generation,updated,crc32c,md5Hash,componentCount),nextPageToken"
 
 # header name -> Blob attribute
 _HEADER_ATTRS = {
@@ -274,7 +279,10 @@ class GcsStore:
         retry: retry policy for transient errors.
         service: which GCS service this is ("google", or an emulator's endpoint URL):
             server-side copy is only attempted between stores of the same service.
-        list_page_size: objects per listing page (GCS caps it at 1000).
+        list_page_size: objects per listing request, 1-1000 (the JSON API's limit).
+
+    Raises:
+        ValueError: ``list_page_size`` is outside 1-1000.
     """
 
     provider = "gs"
@@ -289,10 +297,12 @@ class GcsStore:
         transfer: GcsTransferConfig | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         service: str = "google",
-        list_page_size: int = 1000,
+        list_page_size: int = GCS_MAX_LIST_PAGE,
     ) -> None:
-        if list_page_size < 1:
-            raise ValueError(f"list_page_size must be >= 1, got {list_page_size}")
+        if not 1 <= list_page_size <= GCS_MAX_LIST_PAGE:
+            raise ValueError(
+                f"list_page_size must be within 1-{GCS_MAX_LIST_PAGE} (GCS's page limit), got {list_page_size}"
+            )
         self.client = client
         self.transfer = transfer or GcsTransferConfig()
         self.retry = retry
@@ -315,19 +325,42 @@ class GcsStore:
         return placement_from_bucket(b.location, b.location_type, b.data_locations)
 
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectRef]:
+        """Every key under ``prefix``, in key order (the refs of :meth:`list_entries`)."""
+        for entry in self.list_entries(bucket, prefix):
+            yield entry.ref
+
+    def list_entries(self, bucket: str, prefix: str = "", *, with_version: bool = False) -> Iterator[Listed]:
+        """The live object of every key under ``prefix``: objects.list, one request per page.
+
+        Each page asks for ``list_page_size`` objects and only the fields of
+        :data:`LIST_FIELDS`, and is retried alone. Every entry carries its
+        generation and ``crc32c``; ``md5`` too unless the object is composite
+        (``componentCount`` set), exactly as :meth:`stat` reports them.
+        ``with_version`` changes nothing: without ``versions=true`` GCS lists
+        live objects only, each with its generation. (google-cloud-storage 3.17
+        also fetches a bucket's metadata once per client, on a background thread,
+        the first time a call names the bucket, unless
+        ``DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA`` is true: once per
+        bucket, not per page.)
+
+        Raises:
+            BucketNotFound: the bucket does not exist.
+            PermissionDenied, TransientError: as the listing request answers.
+        """
         token: str | None = None
         while True:
-            def fetch(token: str | None = token) -> tuple[list[str], str | None]:
+            def fetch(token: str | None = token) -> tuple[list[Listed], str | None]:
                 blobs = self.client.list_blobs(
                     bucket, prefix=prefix or None, page_size=self.list_page_size, page_token=token,
-                    fields="items(name),nextPageToken", retry=None, timeout=self.transfer.timeout,
+                    fields=LIST_FIELDS, retry=None, timeout=self.transfer.timeout,
                 )
                 page = next(blobs.pages, None)  # one request: this page only
-                return ([b.name for b in page] if page is not None else []), blobs.next_page_token
+                entries = [_listed(bucket, blob) for blob in page] if page is not None else []
+                return entries, blobs.next_page_token
 
-            names, token = self._call("list objects", f"gs://{bucket}", fetch)
-            for name in names:
-                yield ObjectRef("gs", bucket, name)
+            # The bucket URI: a 404 from a listing always means the bucket is missing.
+            entries, token = self._call("list objects", f"gs://{bucket}", fetch)
+            yield from entries
             if not token:
                 return
 
@@ -343,11 +376,7 @@ class GcsStore:
     def _info(ref: ObjectRef, blob: Any) -> ObjectInfo:
         props: Mapping[str, Any] = blob._properties
         composite = blob.component_count is not None
-        found: dict[str, str] = {}
-        if blob.crc32c:
-            found["crc32c"] = checksums.b64_to_hex(blob.crc32c)
-        if blob.md5_hash and not composite:  # a composite object has no whole-object MD5
-            found["md5"] = checksums.b64_to_hex(blob.md5_hash)
+        found = _proven_checksums(blob)
         headers = {h: getattr(blob, attr) for h, attr in _HEADER_ATTRS.items() if getattr(blob, attr)}
         encryption = None
         if props.get("customerEncryption"):
@@ -748,6 +777,30 @@ class GcsStore:
             self._call("delete", ref.uri, lambda: blob.delete(retry=None, timeout=self.transfer.timeout))
         except ObjectNotFound:
             log.debug("delete %s: already absent", ref.uri)
+
+
+def _proven_checksums(blob: Any) -> dict[str, str]:
+    """The hex checksums of a Blob resource that prove its content: crc32c, and md5 unless composite."""
+    found: dict[str, str] = {}
+    if blob.crc32c:
+        found["crc32c"] = checksums.b64_to_hex(blob.crc32c)
+    if blob.md5_hash and blob.component_count is None:  # a composite object has no whole-object MD5
+        found["md5"] = checksums.b64_to_hex(blob.md5_hash)
+    return found
+
+
+def _listed(bucket: str, blob: Any) -> Listed:
+    """An objects.list item (as the library's Blob) as a :class:`Listed`."""
+    updated = blob.updated
+    return Listed(
+        ref=ObjectRef("gs", bucket, blob.name),
+        size=int(blob.size or 0),
+        etag=blob.etag,
+        version=str(blob.generation) if blob.generation is not None else None,
+        last_modified=updated.astimezone(timezone.utc).isoformat() if updated else None,
+        checksums=_proven_checksums(blob),
+        multipart=blob.component_count is not None,
+    )
 
 
 def _json_or_empty(response: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from datetime import timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from botocore.exceptions import (
@@ -27,6 +28,7 @@ from ..errors import (
     ObjectNotFound,
     PermissionDenied,
     PreconditionFailed,
+    ResidencyError,
     SourceChanged,
     StoreError,
     TransientError,
@@ -34,13 +36,15 @@ from ..errors import (
 from ..jurisdictions import Placement, placement_of
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..uris import ObjectRef
-from .base import Capabilities, ObjectInfo
+from .base import Capabilities, Listed, ObjectInfo
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 S3_MIN_PART = 5 * MiB
 S3_MAX_PARTS = 10_000
+#: Most keys one ListObjectsV2 / ListObjectVersions request returns.
+S3_MAX_LIST_PAGE = 1000
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _NO_BUCKET = {"NoSuchBucket"}
@@ -55,8 +59,13 @@ _DENIED = {
     "InvalidClientTokenId",
     "AllAccessDisabled",
 }
-_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_PRECONDITION = {"PreconditionFailed", "412"}
+#: 409: a conditional write raced another write to the same key. S3 asks for the
+#: request to be retried (PutObject, CopyObject); a CompleteMultipartUpload that
+#: gets it must start over with a new upload (see ``_complete``).
+_CONFLICT = "ConditionalRequestConflict"
 _TRANSIENT = {
+    _CONFLICT,
     "SlowDown",
     "503",
     "500",
@@ -126,12 +135,52 @@ def _check_expected(ref: ObjectRef, hasher: checksums.MultiHasher, expected: Map
         )
 
 
+def _listed(bucket: str, item: Mapping[str, Any]) -> Listed:
+    """A ListObjectsV2 ``Contents`` or ListObjectVersions ``Versions`` item as a :class:`Listed`."""
+    etag = item.get("ETag")
+    version = item.get("VersionId")
+    last_modified = item.get("LastModified")
+    return Listed(
+        ref=ObjectRef("s3", bucket, item["Key"]),
+        size=int(item.get("Size", 0)),
+        etag=etag,
+        version=None if version in (None, "null") else version,
+        # botocore gives tzlocal() for a "Z" timestamp when the machine runs on UTC.
+        last_modified=last_modified.astimezone(timezone.utc).isoformat() if last_modified else None,
+        multipart=bool(etag and "-" in etag.strip('"')),
+    )
+
+
 def _crc32c_b64(body: bytes) -> str:
     return checksums.hex_to_b64(checksums.crc32c_hex(body))
 
 
+class _UploadConflict(ResidencyError):
+    """A CompleteMultipartUpload was answered 409 ConditionalRequestConflict.
+
+    Not a TransientError, so the retry policy does not repeat the complete call
+    alone: S3 wants a new multipart upload then. Raised as ``TransientError`` by
+    the caller once the upload has been aborted.
+    """
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def restart(self, ref: ObjectRef) -> TransientError:
+        """What the caller raises after aborting: the whole upload is worth retrying."""
+        return TransientError(
+            ref.uri, f"{self.error.reason}; the multipart upload was aborted and must start over"
+        )
+
+
 def translate(exc: Exception, uri: str) -> StoreError:
-    """Turn a botocore exception into the project's own."""
+    """Turn a botocore exception into the project's own.
+
+    ``409 ConditionalRequestConflict`` (a conditional write raced another one) is
+    a ``TransientError``; ``412 PreconditionFailed`` stays ``PreconditionFailed``.
+    Exceptions of no known kind (programming errors) are re-raised unchanged.
+    """
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -170,6 +219,10 @@ class S3Store:
         service: the endpoint URL of an S3-compatible server, or "aws".
         validates_upload_checksums: False for servers that store a client's
             checksum without checking it (moto, some S3-compatible stores).
+        list_page_size: keys per listing request, 1-1000.
+
+    Raises:
+        ValueError: ``list_page_size`` is outside 1-1000.
     """
 
     provider = "s3"
@@ -184,9 +237,13 @@ class S3Store:
         transfer: S3TransferConfig | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         service: str = "aws",
-        list_page_size: int = 1000,
+        list_page_size: int = S3_MAX_LIST_PAGE,
         validates_upload_checksums: bool = True,
     ) -> None:
+        if not 1 <= list_page_size <= S3_MAX_LIST_PAGE:
+            raise ValueError(
+                f"list_page_size must be within 1-{S3_MAX_LIST_PAGE} (S3's page limit), got {list_page_size}"
+            )
         if not validates_upload_checksums:
             self.capabilities = replace(self.capabilities, validates_upload_checksums=False)
         self.list_page_size = list_page_size
@@ -226,18 +283,54 @@ class S3Store:
         return placement_of("s3", location)
 
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectRef]:
+        """Every key under ``prefix``, in key order (the refs of :meth:`list_entries`)."""
+        for entry in self.list_entries(bucket, prefix):
+            yield entry.ref
+
+    def list_entries(self, bucket: str, prefix: str = "", *, with_version: bool = False) -> Iterator[Listed]:
+        """The live object of every key under ``prefix``, one request per page of ``list_page_size``.
+
+        ListObjectsV2 (``version`` None); with ``with_version``, ListObjectVersions,
+        yielding the entry S3 marks ``IsLatest`` for each key: older versions (also
+        those that continue on a later page) and keys whose latest entry is a
+        delete marker are skipped, and VersionId ``"null"`` (an unversioned bucket)
+        is None. Checksums are always empty: a listed ETag is not known to be an
+        MD5 (SSE-KMS / SSE-C), and listings carry no CRC values. Each page is
+        retried alone; the first call also discovers the bucket's region (one
+        GetBucketLocation, cached).
+
+        Raises:
+            BucketNotFound, PermissionDenied, TransientError: as the listing
+                request (or the region discovery) answers.
+        """
         client = self._bucket_client(bucket)
-        token: str | None = None
+        uri = f"s3://{bucket}/{prefix}"
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
+        if not with_version:
+            while True:
+                page = self._call("list_objects_v2", uri, lambda kwargs=dict(kwargs): client.list_objects_v2(**kwargs))
+                for item in page.get("Contents", []):
+                    yield _listed(bucket, item)
+                if not page.get("IsTruncated"):
+                    return
+                kwargs["ContinuationToken"] = page["NextContinuationToken"]
         while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("list_objects_v2", f"s3://{bucket}/{prefix}", lambda: client.list_objects_v2(**kwargs))
-            for item in page.get("Contents", []):
-                yield ObjectRef("s3", bucket, item["Key"])
+            page = self._call(
+                "list_object_versions", uri, lambda kwargs=dict(kwargs): client.list_object_versions(**kwargs)
+            )
+            # Versions come in key order, newest first within a key, and exactly one
+            # entry per key (a version or a delete marker) is the latest: it is on
+            # the first page that has the key. Delete markers are listed apart.
+            for item in page.get("Versions", []):
+                if item.get("IsLatest"):
+                    yield _listed(bucket, item)
             if not page.get("IsTruncated"):
                 return
-            token = page["NextContinuationToken"]
+            kwargs["KeyMarker"] = page["NextKeyMarker"]
+            if page.get("NextVersionIdMarker"):
+                kwargs["VersionIdMarker"] = page["NextVersionIdMarker"]
+            else:
+                kwargs.pop("VersionIdMarker", None)
 
     def versioning_enabled(self, bucket: str) -> bool:
         client = self._bucket_client(bucket)
@@ -343,6 +436,12 @@ class S3Store:
         multipart uploads carry a FULL_OBJECT CRC32C. When ``expected`` (the
         source's checksums) is given, the bytes are checked against it *before*
         the object is created: a corrupted read never becomes an object.
+
+        ``create_only`` sends ``If-None-Match: *``: an existing key raises
+        ``PreconditionFailed`` (412). A ``409 ConditionalRequestConflict`` (the
+        write raced another write of the key) is retried like any transient
+        error; on a multipart complete it aborts the upload and raises
+        ``TransientError``, since S3 then wants the whole upload again.
         """
         client = self._bucket_client(ref.bucket)
         common: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Metadata": dict(metadata or {})}
@@ -435,11 +534,32 @@ class S3Store:
             }
             if create_only:
                 kwargs["IfNoneMatch"] = "*"
-            self._call("complete_multipart_upload", ref.uri, lambda: client.complete_multipart_upload(**kwargs))
-        except BaseException:
+            self._complete(client, ref, kwargs)
+        except BaseException as exc:
             self._abort(client, ref, upload_id)
+            if isinstance(exc, _UploadConflict):
+                raise exc.restart(ref) from exc
             raise
         return self.stat(ref)
+
+    def _complete(self, client: Any, ref: ObjectRef, kwargs: Mapping[str, Any]) -> None:
+        """CompleteMultipartUpload, retried alone on transient errors but never on a 409 conflict.
+
+        S3 answers ``409 ConditionalRequestConflict`` when a conditional complete
+        races another write, and then wants a new multipart upload, not the same
+        complete again: that raises :class:`_UploadConflict` for the caller to
+        abort the upload.
+        """
+
+        def complete() -> Any:
+            try:
+                return client.complete_multipart_upload(**kwargs)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == _CONFLICT:
+                    raise _UploadConflict(translate(exc, ref.uri)) from exc
+                raise
+
+        self._call("complete_multipart_upload", ref.uri, complete)
 
     def _abort(self, client: Any, ref: ObjectRef, upload_id: str) -> None:
         try:
@@ -534,9 +654,11 @@ class S3Store:
             }
             if create_only:
                 complete["IfNoneMatch"] = "*"
-            self._call("complete_multipart_upload", dst.uri, lambda: client.complete_multipart_upload(**complete))
-        except BaseException:
+            self._complete(client, dst, complete)
+        except BaseException as exc:
             self._abort(client, dst, upload_id)
+            if isinstance(exc, _UploadConflict):
+                raise exc.restart(dst) from exc
             raise
 
     def delete(self, ref: ObjectRef, version: str | None = None) -> None:
