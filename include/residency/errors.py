@@ -10,12 +10,17 @@ from __future__ import annotations
 class ResidencyError(Exception):
     """Base class of every error raised by the engine."""
 
+    #: No retry can fix it (a policy mistake, a refusal): the task fails at once.
+    permanent = False
+
 
 class PolicyError(ResidencyError, ValueError):
     """A policy file or DAG param is invalid.
 
     The message always names the field and the offending value.
     """
+
+    permanent = True
 
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
@@ -25,7 +30,9 @@ class PolicyError(ResidencyError, ValueError):
 
 
 class JurisdictionError(ResidencyError):
-    """A bucket is not where the policy requires it to be."""
+    """A bucket is not where the policy requires it to be, or preflight refused the run."""
+
+    permanent = True
 
 
 class StoreError(ResidencyError):
