@@ -235,3 +235,76 @@ def gcs_from_fields(conn_id: str, extra: Mapping[str, Any] | None) -> GcsCredent
         keyfile_dict=keyfile,
         emulator_host=emulator.rstrip("/") if emulator else None,
     )
+
+
+#: Airflow connection types this project reads as SQL databases, with their SQLAlchemy driver.
+DATABASE_DRIVERS = {
+    "postgres": "postgresql+psycopg2",
+    "postgresql": "postgresql+psycopg2",
+    "sqlite": "sqlite",
+}
+
+
+@dataclass(frozen=True)
+class DatabaseCredentials:
+    """An SQL database (the application's, or the ledger's) from an Airflow connection.
+
+    ``url`` carries the password and never appears in repr; :attr:`safe_url` is for logs.
+    """
+
+    conn_id: str
+    url: str = field(repr=False)
+
+    @property
+    def safe_url(self) -> str:
+        import sqlalchemy as sa
+
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+
+def database_from_fields(
+    conn_id: str,
+    conn_type: str | None,
+    *,
+    host: str | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    schema: str | None = None,
+    port: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> DatabaseCredentials:
+    """An SQLAlchemy URL from the fields of an Airflow connection.
+
+    ``postgres``: host, port, login, password, schema (the database name) and the
+    extra ``sslmode``; ``sqlite``: host is the file path (Airflow's own convention).
+    An extra ``sqlalchemy_url`` (without a password; the connection's password is
+    put in) serves any other dialect whose driver is installed.
+
+    Raises:
+        ValueError: an unknown connection type, naming the connection and the type.
+    """
+    import sqlalchemy as sa
+
+    extra = dict(extra or {})
+    if extra.get("sqlalchemy_url"):
+        url = sa.engine.make_url(str(extra["sqlalchemy_url"]))
+        if password:
+            url = url.set(password=password)
+        return DatabaseCredentials(conn_id, url.render_as_string(hide_password=False))
+    driver = DATABASE_DRIVERS.get((conn_type or "").lower())
+    if driver is None:
+        raise ValueError(
+            f"connection {conn_id!r} has conn_type {conn_type!r}; expected one of {sorted(DATABASE_DRIVERS)} "
+            "or an extra 'sqlalchemy_url'"
+        )
+    if driver == "sqlite":
+        path = host or schema or ""
+        if not path:
+            raise ValueError(f"connection {conn_id!r}: a sqlite connection names the database file in 'host'")
+        return DatabaseCredentials(conn_id, f"sqlite:///{path}")
+    query = {"sslmode": str(extra["sslmode"])} if extra.get("sslmode") else {}
+    url = sa.engine.URL.create(
+        driver, username=login or None, password=password or None, host=host or None,
+        port=int(port) if port else None, database=schema or None, query=query,
+    )
+    return DatabaseCredentials(conn_id, url.render_as_string(hide_password=False))

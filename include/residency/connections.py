@@ -6,7 +6,15 @@ id from the policy and pass the result to the engine, which never sees Airflow.
 
 from __future__ import annotations
 
-from .clients import AwsCredentials, GcsCredentials, aws_from_fields, gcs_from_fields
+from .clients import (
+    DATABASE_DRIVERS,
+    AwsCredentials,
+    DatabaseCredentials,
+    GcsCredentials,
+    aws_from_fields,
+    database_from_fields,
+    gcs_from_fields,
+)
 
 #: The google provider's connection type; read here without installing the provider.
 GCP_CONN_TYPE = "google_cloud_platform"
@@ -20,14 +28,21 @@ def aws_credentials(conn_id: str) -> AwsCredentials:
     return aws_from_fields(conn_id, conn.login, conn.password, conn.extra_dejson)
 
 
-def credentials(conn_id: str) -> AwsCredentials | GcsCredentials:
-    """Read a connection of type ``aws`` or ``google_cloud_platform``, whichever it is."""
+def credentials(conn_id: str) -> AwsCredentials | GcsCredentials | DatabaseCredentials:
+    """Read a connection of type ``aws``, ``google_cloud_platform`` or a database
+    (``postgres``, ``sqlite``, or any type with an extra ``sqlalchemy_url``), whichever it is."""
     from airflow.sdk import Connection
 
     conn = Connection.get(conn_id)
+    extra = conn.extra_dejson
     if conn.conn_type == GCP_CONN_TYPE:
-        return gcs_from_fields(conn_id, conn.extra_dejson)
-    return aws_from_fields(conn_id, conn.login, conn.password, conn.extra_dejson)
+        return gcs_from_fields(conn_id, extra)
+    if (conn.conn_type or "").lower() in DATABASE_DRIVERS or extra.get("sqlalchemy_url"):
+        return database_from_fields(
+            conn_id, conn.conn_type, host=conn.host, login=conn.login, password=conn.password,
+            schema=conn.schema, port=conn.port, extra=extra,
+        )
+    return aws_from_fields(conn_id, conn.login, conn.password, extra)
 
 
 def gcs_credentials(conn_id: str) -> GcsCredentials:

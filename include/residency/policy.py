@@ -8,6 +8,7 @@ tell which policy a run obeyed. See README.md, "The policy file", for the format
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -55,6 +56,9 @@ class Source:
 
 @dataclass(frozen=True)
 class Destination:
+    """Where one provider's copies go. ``ref.key`` is the destination prefix: always
+    empty or ending in ``/`` (a prefix written without one is taken as a folder)."""
+
     ref: ObjectRef
     conn_id: str
     key_template: str = "{src_bucket}/{key}"
@@ -62,7 +66,14 @@ class Destination:
 
     def dst_ref(self, src: ObjectRef) -> ObjectRef:
         key = self.key_template.format(src_bucket=src.bucket, key=src.key, src_provider=src.provider)
-        return ObjectRef(self.ref.provider, self.ref.bucket, (self.ref.key + key) if self.ref.key else key)
+        return ObjectRef(self.ref.provider, self.ref.bucket, self.ref.key + key)
+
+    def key_prefix(self, source: Source) -> str:
+        """The literal start of every destination key of ``source``: what a listing
+        of this source's copies is narrowed to (the template up to ``{key}``, then
+        the source's own prefix)."""
+        head = self.key_template.split("{key}", 1)[0]
+        return self.ref.key + head.format(src_bucket=source.ref.bucket, src_provider=source.ref.provider) + source.prefix
 
 
 @dataclass(frozen=True)
@@ -99,18 +110,80 @@ class Transfer:
     sha256: bool = False  # also prove every object with SHA-256 (reads back what no server reports)
 
 
+#: What a reference column holds: one URL per cell, free text with URLs in it
+#: (message bodies, HTML, Markdown), or a JSON document with URLs at any depth.
+COLUMN_KINDS = ("url", "text", "json")
+
+
 @dataclass(frozen=True)
 class ReferenceColumn:
     table: str
     key: str
     column: str
+    kind: str = "url"
+
+    @property
+    def label(self) -> str:
+        return f"{self.table}.{self.column}"
+
+
+@dataclass(frozen=True)
+class HostMapping:
+    """A hostname (a CDN) in front of a source bucket: ``https://host/<path_prefix><key>``.
+
+    ``to_host`` (optional) is the domestic hostname in front of the destination
+    bucket, serving ``https://to_host/<to_path_prefix><destination key>``; without
+    it such URLs cannot be rewritten and stay residual."""
+
+    host: str
+    bucket_uri: str
+    path_prefix: str = ""
+    to_host: str | None = None
+    to_path_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class AcceptedResidual:
+    """References the policy accepts to keep pointing overseas, and why.
+
+    ``uri`` is a glob (``fnmatch``, case-sensitive) on the overseas object URI the
+    reference names; ``column`` (``table.column``) and ``key`` narrow it to cells.
+    At least one of ``uri`` and ``column`` is set; ``reason`` is always stated.
+    """
+
+    reason: str
+    uri: str | None = None
+    column: str | None = None
+    key: str | None = None
+
+    def matches(self, object_uri: str | None, column: str, key: str) -> bool:
+        if self.uri is not None and (object_uri is None or not fnmatch.fnmatchcase(object_uri, self.uri)):
+            return False
+        if self.column is not None and self.column != column:
+            return False
+        return self.key is None or self.key == key
+
+    def describe(self) -> str:
+        parts = [f"uri {self.uri}"] if self.uri else []
+        if self.column:
+            parts.append(f"column {self.column}" + (f" key {self.key}" if self.key is not None else ""))
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
 class References:
-    database_url: str
+    """The application database and the columns that hold object URLs.
+
+    The database is named by an Airflow connection (``conn_id``) or by a URL that
+    carries no password (``database_url``): a policy file never holds a secret.
+    """
+
+    database_url: str | None
     columns: tuple[ReferenceColumn, ...]
     batch_size: int = 500
+    conn_id: str | None = None
+    hosts: tuple[HostMapping, ...] = ()
+    accepted_residual: tuple[AcceptedResidual, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,7 +209,8 @@ class Policy:
     references: References | None
     revocations: tuple[Principal, ...]
     control_dir: str
-    ledger_url: str
+    ledger_url: str | None
+    ledger_conn_id: str | None = None
 
     def destination_for(self, source: Source) -> Destination:
         return self.destinations[source.to]
@@ -172,7 +246,7 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
         raise PolicyError("(root)", type(doc).__name__, "the policy must be a mapping")
     _no_unknown(doc, "", {
         "migration_id", "home_jurisdiction", "sources", "destinations", "selection",
-        "transfer", "references", "revoke", "control_dir", "ledger_url",
+        "transfer", "references", "revoke", "control_dir", "ledger_url", "ledger_conn_id",
     })
     base = Path(path).parent if path != "<memory>" else Path.cwd()
 
@@ -194,15 +268,61 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
     if not isinstance(control_dir, str) or not control_dir:
         raise PolicyError("control_dir", control_dir, "expected a folder path")
     control = Path(control_dir) if Path(control_dir).is_absolute() else base / control_dir
-    ledger_url = doc.get("ledger_url") or os.environ.get("RESIDENCY_LEDGER_URL") or f"sqlite:///{control / 'ledger.db'}"
-    if not isinstance(ledger_url, str) or "://" not in ledger_url:
-        raise PolicyError("ledger_url", ledger_url, "expected an SQLAlchemy URL such as sqlite:///ledger.db")
+    ledger_conn_id = _conn_id(doc, "ledger_conn_id", "", required=False)
+    if ledger_conn_id and doc.get("ledger_url"):
+        raise PolicyError("ledger_url", redact_db_url(str(doc["ledger_url"])), "give ledger_url or ledger_conn_id, not both")
+    ledger_url: str | None = None
+    if not ledger_conn_id:
+        if doc.get("ledger_url"):
+            ledger_url = _database_url(doc["ledger_url"], "ledger_url", base)
+        else:  # the environment may carry a password; a policy file may not
+            ledger_url = os.environ.get("RESIDENCY_LEDGER_URL") or f"sqlite:///{control / 'ledger.db'}"
 
     return Policy(
         path=path, sha256=sha256, migration_id=migration_id, home_jurisdiction=home,
         sources=sources, destinations=destinations, selection=selection, transfer=transfer,
         references=references, revocations=principals, control_dir=str(control), ledger_url=ledger_url,
+        ledger_conn_id=ledger_conn_id,
     )
+
+
+def redact_db_url(url: str) -> str:
+    """A database URL with its password replaced by ``***``, for messages and logs.
+
+    Never raises: text that is not a URL comes back with anything between ``:``
+    and ``@`` after the scheme masked.
+    """
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a message must never fail, or echo a secret
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _database_url(value: Any, field: str, base: Path) -> str:
+    """A database URL from the policy: SQLAlchemy form, no password, SQLite paths
+    relative to the policy file. The error never shows a password."""
+    import sqlalchemy as sa
+
+    if not isinstance(value, str) or "://" not in value:
+        shown = redact_db_url(value) if isinstance(value, str) else value
+        raise PolicyError(field, shown, "expected an SQLAlchemy URL such as sqlite:///app.db")
+    try:
+        url = sa.engine.make_url(value)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several kinds for bad URLs
+        raise PolicyError(field, redact_db_url(value), f"not a valid database URL ({type(exc).__name__})") from None
+    if url.password:
+        raise PolicyError(
+            field, redact_db_url(value),
+            "a policy file must not hold a password: name an Airflow connection instead "
+            f"({'ledger_conn_id' if field == 'ledger_url' else 'references.conn_id'})",
+        )
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        rel = value[len("sqlite:///"):]
+        if rel and rel != ":memory:":
+            return f"sqlite:///{(base / rel).resolve()}"
+    return value
 
 
 def _no_unknown(mapping: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
@@ -244,6 +364,8 @@ def _destinations(doc: Mapping[str, Any]) -> dict[str, Destination]:
         ref = parse_uri(_req(item, "uri", str, prefix), f"{prefix}uri")
         if ref.provider != provider:
             raise PolicyError(f"{prefix}uri", item["uri"], f"must be a {provider}:// bucket")
+        if ref.key and not ref.key.endswith("/"):
+            ref = ref.with_key(ref.key + "/")  # a destination prefix is a folder
         template = item.get("key_template", "{src_bucket}/{key}")
         if not isinstance(template, str) or "{key}" not in template:
             raise PolicyError(f"{prefix}key_template", template, "must contain {key}")
@@ -284,8 +406,25 @@ def _sources(doc: Mapping[str, Any], destinations: Mapping[str, Destination]) ->
         dst = destinations[to].ref
         if dst.bucket == ref.bucket and dst.provider == ref.provider:
             raise PolicyError(f"{prefix}uri", item["uri"], "source and destination are the same bucket")
+        for j, other in enumerate(out):
+            if other.ref.bucket_uri == ref.bucket_uri and (
+                ref.key.startswith(other.ref.key) or other.ref.key.startswith(ref.key)
+            ):
+                raise PolicyError(
+                    f"{prefix}uri", item["uri"],
+                    f"overlaps sources[{j}] ({other.ref.uri}): a key prefix is a plain string prefix, so the same "
+                    "objects would be migrated twice; narrow one of them or merge them",
+                )
         seen.add(ref.uri)
         out.append(Source(ref, _conn_id(item, "conn_id", prefix), to, _location(item, prefix)))
+    for provider, destination in destinations.items():
+        routed = {s.ref.bucket_uri for s in out if s.to == provider}
+        if len(routed) > 1 and "{src_bucket}" not in destination.key_template:
+            raise PolicyError(
+                f"destinations.{provider}.key_template", destination.key_template,
+                f"{len(routed)} source buckets copy here ({', '.join(sorted(routed))}): without {{src_bucket}} "
+                "the same key of two buckets would collide",
+            )
     return tuple(out)
 
 
@@ -309,6 +448,9 @@ def _selection(raw: Any) -> Selection:
     excludes = raw.get("exclude_prefixes", [])
     if not isinstance(excludes, list) or not all(isinstance(v, str) for v in excludes):
         raise PolicyError("selection.exclude_prefixes", excludes, "expected a list of key prefixes")
+    for i, value in enumerate(excludes):
+        if not value:
+            raise PolicyError(f"selection.exclude_prefixes[{i}]", value, "an empty prefix excludes every object")
     return Selection(tuple(media), extensions, tuple(excludes))
 
 
@@ -344,33 +486,113 @@ def _references(raw: Any, base: Path) -> References | None:
         return None
     if not isinstance(raw, dict):
         raise PolicyError("references", raw, "expected a mapping")
-    _no_unknown(raw, "references.", {"database_url", "columns", "batch_size"})
-    url = _req(raw, "database_url", str, "references.")
-    if "://" not in url:
-        raise PolicyError("references.database_url", url, "expected an SQLAlchemy URL such as sqlite:///app.db")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        rel = url[len("sqlite:///"):]
-        url = f"sqlite:///{(base / rel).resolve()}"
+    _no_unknown(raw, "references.", {"database_url", "conn_id", "columns", "batch_size", "hosts", "accepted_residual"})
+    conn_id = _conn_id(raw, "conn_id", "references.", required=False)
+    url: str | None = None
+    if raw.get("database_url") not in (None, ""):
+        if conn_id:
+            raise PolicyError("references.database_url", redact_db_url(str(raw["database_url"])),
+                              "give database_url or conn_id, not both")
+        url = _database_url(raw["database_url"], "references.database_url", base)
+    elif not conn_id:
+        raise PolicyError("references.conn_id", None, "required: the Airflow connection of the application database "
+                          "(or database_url, without a password)")
     columns_raw = raw.get("columns")
     if not isinstance(columns_raw, list) or not columns_raw:
         raise PolicyError("references.columns", columns_raw, "expected a non-empty list of {table, key, column}")
-    columns = []
+    columns: list[ReferenceColumn] = []
     for i, item in enumerate(columns_raw):
         prefix = f"references.columns[{i}]."
         if not isinstance(item, dict):
             raise PolicyError(f"references.columns[{i}]", item, "expected a mapping")
-        _no_unknown(item, prefix, {"table", "key", "column"})
+        _no_unknown(item, prefix, {"table", "key", "column", "kind"})
         values = {}
         for name in ("table", "key", "column"):
             value = _req(item, name, str, prefix)
             if not _IDENT.match(value):
                 raise PolicyError(f"{prefix}{name}", value, "not a plain SQL identifier")
             values[name] = value
-        columns.append(ReferenceColumn(**values))
+        kind = item.get("kind", "url")
+        if kind not in COLUMN_KINDS:
+            raise PolicyError(f"{prefix}kind", kind, f"expected one of {', '.join(COLUMN_KINDS)}")
+        column = ReferenceColumn(kind=kind, **values)
+        if any((c.table, c.column) == (column.table, column.column) for c in columns):
+            raise PolicyError(f"{prefix}column", column.column, f"{column.label} is listed twice")
+        columns.append(column)
     batch = raw.get("batch_size", 500)
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 100_000:
         raise PolicyError("references.batch_size", batch, "expected an integer from 1 to 100000")
-    return References(url, tuple(columns), batch)
+    return References(
+        url, tuple(columns), batch, conn_id=conn_id,
+        hosts=_hosts(raw.get("hosts") or []), accepted_residual=_accepted(raw.get("accepted_residual") or []),
+    )
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+
+
+def _hosts(raw: Any) -> tuple[HostMapping, ...]:
+    if not isinstance(raw, list):
+        raise PolicyError("references.hosts", raw, "expected a list of {host, bucket}")
+    out: list[HostMapping] = []
+    for i, item in enumerate(raw):
+        prefix = f"references.hosts[{i}]."
+        if not isinstance(item, dict):
+            raise PolicyError(f"references.hosts[{i}]", item, "expected a mapping")
+        _no_unknown(item, prefix, {"host", "bucket", "path_prefix", "to_host", "to_path_prefix"})
+        host = _req(item, "host", str, prefix)
+        if not _HOSTNAME.match(host):
+            raise PolicyError(f"{prefix}host", host, "expected a lower-case hostname such as media.example.kr")
+        bucket = parse_uri(_req(item, "bucket", str, prefix), f"{prefix}bucket")
+        if bucket.key:
+            raise PolicyError(f"{prefix}bucket", item["bucket"], "name the bucket only; put a key prefix in path_prefix")
+        to_host = item.get("to_host")
+        if to_host is not None and (not isinstance(to_host, str) or not _HOSTNAME.match(to_host)):
+            raise PolicyError(f"{prefix}to_host", to_host, "expected a lower-case hostname")
+        paths = {}
+        for name in ("path_prefix", "to_path_prefix"):
+            value = item.get(name, "")
+            if not isinstance(value, str) or value.startswith("/"):
+                raise PolicyError(f"{prefix}{name}", value, "expected a path prefix without a leading '/' (or empty)")
+            paths[name] = value
+        if any(h.host == host for h in out):
+            raise PolicyError(f"{prefix}host", host, "listed twice")
+        out.append(HostMapping(host, bucket.bucket_uri, paths["path_prefix"], to_host, paths["to_path_prefix"]))
+    return tuple(out)
+
+
+def _accepted(raw: Any) -> tuple[AcceptedResidual, ...]:
+    if not isinstance(raw, list):
+        raise PolicyError("references.accepted_residual", raw, "expected a list of {uri or column, reason}")
+    out = []
+    for i, item in enumerate(raw):
+        prefix = f"references.accepted_residual[{i}]."
+        if not isinstance(item, dict):
+            raise PolicyError(f"references.accepted_residual[{i}]", item, "expected a mapping")
+        _no_unknown(item, prefix, {"uri", "column", "key", "reason"})
+        reason = _req(item, "reason", str, prefix)
+        if len(reason.strip()) < 10:
+            raise PolicyError(f"{prefix}reason", reason, "say why these references may keep pointing overseas")
+        uri = item.get("uri")
+        if uri is not None:
+            if not isinstance(uri, str) or not uri.startswith(("s3://", "gs://")):
+                raise PolicyError(f"{prefix}uri", uri, "expected a glob on object URIs such as s3://bucket/logs/*")
+            parse_uri(uri.split("*", 1)[0].split("?", 1)[0] or uri, f"{prefix}uri")
+        column = item.get("column")
+        if column is not None and (not isinstance(column, str) or column.count(".") != 1
+                                   or not all(_IDENT.match(p) for p in column.split("."))):
+            raise PolicyError(f"{prefix}column", column, "expected table.column")
+        key = item.get("key")
+        if key is not None:
+            if column is None:
+                raise PolicyError(f"{prefix}key", key, "a key needs a column")
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise PolicyError(f"{prefix}key", key, "expected the key value of one row")
+            key = str(key)
+        if uri is None and column is None:
+            raise PolicyError(f"references.accepted_residual[{i}]", item, "give uri or column (or both)")
+        out.append(AcceptedResidual(reason.strip(), uri, column, key))
+    return tuple(out)
 
 
 def _principals(raw: Any) -> tuple[Principal, ...]:
@@ -397,7 +619,11 @@ def _principals(raw: Any) -> tuple[Principal, ...]:
             raise PolicyError(f"{prefix}access_keys", keys, "expected 'all' or a list of access key ids")
         probe_uri = item.get("probe_uri")
         if probe_uri is not None:
-            parse_uri(probe_uri, f"{prefix}probe_uri")
+            if not isinstance(probe_uri, str):
+                raise PolicyError(f"{prefix}probe_uri", probe_uri, "expected an s3:// URI")
+            if parse_uri(probe_uri, f"{prefix}probe_uri").provider != "s3":
+                raise PolicyError(f"{prefix}probe_uri", probe_uri,
+                                  "an aws principal is probed on an s3:// URI: its key cannot prove anything on GCS")
         probe_conn = _conn_id(item, "probe_conn_id", prefix, required=False)
         if probe_conn and not probe_uri:
             raise PolicyError(f"{prefix}probe_uri", None, "required when probe_conn_id is given")

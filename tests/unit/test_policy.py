@@ -91,6 +91,29 @@ def test_good_policy_parses(tmp_path):
         pytest.param("revoke.0.user", "a b", "revoke[0].user", id="iam user name"),
         pytest.param("revoke.0.probe_uri", KeyError, "revoke[0].probe_uri", id="probe without uri"),
         pytest.param("unexpected", 1, "unexpected", id="unknown top-level field"),
+        # State 8: a selection or sources that would silently select everything, or twice.
+        pytest.param("selection.exclude_prefixes", ["tmp/", ""], "selection.exclude_prefixes[1]",
+                     id="empty exclude prefix excludes everything"),
+        pytest.param("sources.1.uri", "s3://seoul-line-photos/2021/", "sources[1].uri",
+                     id="prefix inside a whole-bucket source"),
+        pytest.param("sources.0.uri", "s3://seoul-line-media/pre", "sources[1].uri",
+                     id="prefix that is a string prefix of another"),
+        # State 10: a probe on another provider proves nothing about an IAM key.
+        pytest.param("revoke.0.probe_uri", "gs://seoul-line-photos", "revoke[0].probe_uri", id="probe on gcs"),
+        pytest.param("references.columns", [{"table": "t", "key": "id", "column": "c", "kind": "xml"}],
+                     "references.columns[0].kind", id="column kind"),
+        pytest.param("references.columns", [{"table": "t", "key": "id", "column": "c"},
+                                            {"table": "t", "key": "id", "column": "c", "kind": "text"}],
+                     "references.columns[1].column", id="column listed twice"),
+        pytest.param("references.accepted_residual", [{"uri": "s3://seoul-line-media/logs/*"}],
+                     "references.accepted_residual[0].reason", id="accepted residual without reason"),
+        pytest.param("references.accepted_residual", [{"reason": "kept abroad on purpose"}],
+                     "references.accepted_residual[0]", id="accepted residual matching nothing"),
+        pytest.param("references.hosts", [{"host": "CDN.example.kr", "bucket": "s3://seoul-line-photos"}],
+                     "references.hosts[0].host", id="cdn host not lower case"),
+        pytest.param("references.hosts", [{"host": "cdn.example.kr", "bucket": "s3://seoul-line-photos/p"}],
+                     "references.hosts[0].bucket", id="cdn bucket with a key"),
+        pytest.param("references.conn_id", "app_db", "references.database_url", id="conn id and url both"),
     ],
 )
 def test_bad_field_is_named_with_its_value(path, value, field):
@@ -100,6 +123,71 @@ def test_bad_field_is_named_with_its_value(path, value, field):
     assert f"'{field}'" in str(err.value)
     if value is not KeyError and field == path.replace(".0.", "[0].").replace(".1.", "[1]."):
         assert repr(value) in str(err.value)
+
+
+def test_two_sources_into_one_destination_need_the_source_bucket_in_the_template():
+    doc = with_change("destinations.s3.key_template", "{key}")
+    with pytest.raises(PolicyError) as err:
+        parse_policy(doc)
+    assert err.value.field == "destinations.s3.key_template" and "collide" in err.value.reason
+
+
+def test_destination_prefix_without_slash_is_a_folder():
+    doc = with_change("destinations.s3.uri", "s3://tokyo-line-media/migrated")
+    policy = parse_policy(doc)
+    source = policy.sources[0]
+    destination = policy.destination_for(source)
+    assert destination.ref.key == "migrated/"
+    assert destination.dst_ref(source.ref.with_key("a.jpg")).uri == "s3://tokyo-line-media/migrated/seoul-line-photos/a.jpg"
+    assert destination.key_prefix(policy.sources[1]) == "migrated/seoul-line-media/prefix/"
+
+
+@pytest.mark.parametrize("field, url", [
+    ("references.database_url", "postgresql+psycopg2://app:s3cr3t-pw@db.example/app"),
+    ("ledger_url", "postgresql://residency:s3cr3t-pw@db.example/residency"),
+])
+def test_a_password_in_the_policy_is_refused_without_printing_it(field, url):
+    doc = copy.deepcopy(GOOD)
+    if field == "ledger_url":
+        doc["ledger_url"] = url
+    else:
+        doc["references"]["database_url"] = url
+    with pytest.raises(PolicyError) as err:
+        parse_policy(doc)
+    assert err.value.field == field
+    assert "s3cr3t-pw" not in str(err.value) and "***" in str(err.value)
+    assert "Airflow connection" in str(err.value)
+
+
+def test_a_malformed_database_url_never_prints_its_password():
+    doc = copy.deepcopy(GOOD)
+    doc["references"]["database_url"] = "postgresql+psycopg2://app:s3cr3t-pw@db.example:notaport/app"
+    with pytest.raises(PolicyError) as err:
+        parse_policy(doc)
+    assert "s3cr3t-pw" not in str(err.value)
+
+
+def test_databases_by_connection_and_accepted_residual():
+    doc = copy.deepcopy(GOOD)
+    doc["ledger_conn_id"] = "residency_ledger"
+    doc["references"] = {
+        "conn_id": "app_db",
+        "columns": [{"table": "messages", "key": "id", "column": "body", "kind": "text"},
+                    {"table": "settings", "key": "id", "column": "prefs", "kind": "json"}],
+        "hosts": [{"host": "media.line-cdn.kr", "bucket": "s3://seoul-line-photos", "to_host": "media.line-cdn.jp"}],
+        "accepted_residual": [{"uri": "s3://seoul-line-media/logs/*", "reason": "logs are not media; they stay"},
+                              {"column": "messages.body", "key": 17, "reason": "a quoted link in a support ticket"}],
+    }
+    policy = parse_policy(doc)
+    assert policy.ledger_url is None and policy.ledger_conn_id == "residency_ledger"
+    refs = policy.references
+    assert refs.database_url is None and refs.conn_id == "app_db"
+    assert [c.kind for c in refs.columns] == ["text", "json"]
+    assert refs.hosts[0].to_host == "media.line-cdn.jp"
+    logs, ticket = refs.accepted_residual
+    assert logs.matches("s3://seoul-line-media/logs/2021/a.log", "messages.body", "1")
+    assert not logs.matches("s3://seoul-line-media/photos/a.jpg", "messages.body", "1")
+    assert ticket.matches(None, "messages.body", "17") and not ticket.matches(None, "messages.body", "18")
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
