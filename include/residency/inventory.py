@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from .errors import StoreError
-from .ledger import Ledger
+from .ledger import FAILED, INVENTORY_REFUSAL, Ledger
 from .policy import Policy, Source
 from .stores.base import ObjectInfo, Store
 from .uris import ObjectRef
@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 PAGE = 200
 
 
+#: Longest object key S3 and GCS accept, in bytes of UTF-8.
+MAX_KEY_BYTES = 1024
+
+
 @dataclass
 class BucketCounts:
+    """What one source's listing found. ``listed = in_scope + out_of_scope + unreadable``,
+    each counted on its own so that the evidence can check the sum."""
+
     uri: str
     jurisdiction: str | None
     location: str
@@ -38,8 +45,16 @@ class BucketCounts:
     listed_bytes: int = 0
     in_scope: int = 0
     in_scope_bytes: int = 0
+    out_of_scope: int = 0
+    out_of_scope_bytes: int = 0
+    unreadable: int = 0
+    unreadable_bytes: int = 0
+    refused: int = 0
     by_media_type: Counter = field(default_factory=Counter)
-    errors: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.unreadable
 
 
 @dataclass(frozen=True)
@@ -53,8 +68,9 @@ class InventoryResult:
     by_bucket: dict[str, dict[str, Any]]
     by_jurisdiction: dict[str, dict[str, int]]
     by_media_type: dict[str, dict[str, int]]
-    ledger: dict[str, int]  # new / unchanged / requeued
-    errors: int
+    ledger: dict[str, int]  # new / unchanged / requeued / failed
+    errors: int  # objects listed whose metadata could not be read (unreadable)
+    refused: int = 0  # in scope, but refused at inventory (e.g. destination key too long)
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +109,7 @@ class _ShardWriter:
             self._file = None
 
 
-def _pages(it: Iterator[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:
+def _pages(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while page := list(islice(it, size)):
         yield page
 
@@ -127,38 +143,60 @@ def run_inventory(
                 "inventory %s (prefix %r, %s, jurisdiction %s): listing",
                 source.bucket_uri, source.prefix, counts.location, counts.jurisdiction,
             )
+            started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+            unreadable: list[dict[str, Any]] = []
             with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-                for page in _pages(store.list_objects(source.ref.bucket, source.prefix), PAGE):
-                    infos = list(pool.map(lambda ref: _stat(store, ref), page))
+                for page in _pages(store.list_entries(source.ref.bucket, source.prefix), PAGE):
+                    infos = list(pool.map(lambda entry: _stat(store, entry.ref), page))
                     rows = []
-                    for ref, info in zip(page, infos):
+                    for entry, info in zip(page, infos):
                         counts.listed += 1
+                        counts.listed_bytes += entry.size
                         if isinstance(info, StoreError):
-                            counts.errors += 1
-                            log.error("inventory %s: cannot read metadata: %s", ref.uri, info.reason)
+                            counts.unreadable += 1
+                            counts.unreadable_bytes += entry.size
+                            unreadable.append({"src_uri": entry.ref.uri, "size": entry.size,
+                                               "reason": f"{type(info).__name__}: {info.reason}"})
+                            log.error("inventory %s: UNREADABLE, cannot read its metadata: %s", entry.ref.uri, info.reason)
                             continue
-                        counts.listed_bytes += info.size
-                        media = policy.selection.media_type(ref.key, info.content_type)
+                        media = policy.selection.media_type(entry.ref.key, info.content_type)
                         if media is None:
-                            log.info("inventory %s: out of scope (content type %s)", ref.uri, info.content_type)
+                            counts.out_of_scope += 1
+                            counts.out_of_scope_bytes += entry.size
+                            log.info("inventory %s: out of scope (content type %s)", entry.ref.uri, info.content_type)
                             continue
-                        rows.append(_row(policy, source, info, media, writer))
+                        row = _row(policy, source, info, media, writer)
+                        if row.get("state") == FAILED:
+                            counts.refused += 1
+                            log.error("inventory %s: FAILED: %s", entry.ref.uri, row["reason"])
+                        rows.append(row)
                         counts.in_scope += 1
                         counts.in_scope_bytes += info.size
                         counts.by_media_type[media] += 1
                         counts.by_media_type[f"{media}_bytes"] += info.size
                     ledger_counts.update(ledger.upsert_discovered(policy.migration_id, rows))
+            ledger.replace_unreadable(policy.migration_id, source.bucket_uri, unreadable)
             ledger.record_bucket(
                 policy.migration_id, source.bucket_uri, role="source", provider=source.ref.provider,
                 location=counts.location, jurisdiction=counts.jurisdiction,
                 placement_source=placement.get("source", "discovered"),
                 objects_listed=counts.listed, bytes_listed=counts.listed_bytes,
                 objects_in_scope=counts.in_scope, bytes_in_scope=counts.in_scope_bytes,
+                objects_out_of_scope=counts.out_of_scope, bytes_out_of_scope=counts.out_of_scope_bytes,
+                objects_unreadable=counts.unreadable, bytes_unreadable=counts.unreadable_bytes,
+                inventoried_at=started,
             )
             log.info(
-                "inventory %s: listed %d objects (%d bytes), in scope %d media objects (%d bytes), %d errors",
-                source.bucket_uri, counts.listed, counts.listed_bytes, counts.in_scope, counts.in_scope_bytes, counts.errors,
+                "inventory %s: listed %d objects (%d bytes) = %d in scope (%d bytes) + %d out of scope + "
+                "%d unreadable; %d refused",
+                source.bucket_uri, counts.listed, counts.listed_bytes, counts.in_scope, counts.in_scope_bytes,
+                counts.out_of_scope, counts.unreadable, counts.refused,
             )
+            if counts.in_scope == 0:
+                log.warning(
+                    "inventory %s: NOTHING IN SCOPE under prefix %r (%d objects listed): check the prefix and the "
+                    "selection; the evidence will say so", source.bucket_uri, source.prefix, counts.listed,
+                )
     finally:
         writer.close()
 
@@ -182,6 +220,7 @@ def run_inventory(
             uri: {
                 "jurisdiction": c.jurisdiction, "location": c.location, "listed": c.listed,
                 "listed_bytes": c.listed_bytes, "in_scope": c.in_scope, "in_scope_bytes": c.in_scope_bytes,
+                "out_of_scope": c.out_of_scope, "unreadable": c.unreadable, "refused": c.refused,
                 "errors": c.errors,
             }
             for uri, c in by_bucket.items()
@@ -190,6 +229,7 @@ def run_inventory(
         by_media_type={k: dict(v) for k, v in by_media.items()},
         ledger=dict(ledger_counts),
         errors=sum(c.errors for c in by_bucket.values()),
+        refused=sum(c.refused for c in by_bucket.values()),
     )
 
 
@@ -201,21 +241,14 @@ def _stat(store: Store, ref: ObjectRef) -> ObjectInfo | StoreError:
 
 
 def _row(policy: Policy, source: Source, info: ObjectInfo, media: str, writer: _ShardWriter) -> dict[str, Any]:
+    """The ledger row of an in-scope object; written to a manifest shard unless refused."""
     dst = policy.destination_for(source).dst_ref(info.ref)
-    record = {
-        "src_uri": info.ref.uri,
-        "dst_uri": dst.uri,
-        "size": info.size,
-        "src_version": info.version,
-        "src_etag": info.etag,
-    }
-    shard = writer.add(source.bucket_uri, record)
-    return {
+    row: dict[str, Any] = {
         "src_uri": info.ref.uri,
         "src_bucket_uri": source.bucket_uri,
         "dst_uri": dst.uri,
         "route": policy.route(source),
-        "shard": shard,
+        "shard": -1,
         "size": info.size,
         "content_type": info.content_type,
         "media_type": media,
@@ -223,6 +256,17 @@ def _row(policy: Policy, source: Source, info: ObjectInfo, media: str, writer: _
         "src_etag": info.etag,
         "src_checksums": dict(info.checksums),
     }
+    length = len(dst.key.encode("utf-8"))
+    if length > MAX_KEY_BYTES:
+        # S3 and GCS refuse such a key; a real cloud would fail only at copy time.
+        row.update(state=FAILED, reason=f"{INVENTORY_REFUSAL}destination key {dst.uri[:80]}... is {length} bytes "
+                                        f"of UTF-8, over the {MAX_KEY_BYTES}-byte limit of {dst.provider}")
+        return row
+    row["shard"] = writer.add(source.bucket_uri, {
+        "src_uri": info.ref.uri, "dst_uri": dst.uri, "size": info.size,
+        "src_version": info.version, "src_etag": info.etag,
+    })
+    return row
 
 
 def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:

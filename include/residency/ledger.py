@@ -52,6 +52,16 @@ objects = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("updated_at", sa.String(40), nullable=False),
+    # The destination object that was verified (its ETag and version as the server
+    # reported them then): an attestation proves the same object is still there.
+    sa.Column("dst_etag", sa.String(255)),
+    sa.Column("dst_version", sa.String(255)),
+    sa.Column("proof", sa.Text),  # one sentence: how the verification was made
+    sa.Column("attested_at", sa.String(40)),  # stamp of the attest run that last re-proved it
+    sa.Column("attest_method", sa.String(32)),  # listing_checksum | listing_etag | head | read_back | reverified
+    sa.Column("attest_note", sa.Text),  # e.g. the source was deleted since verification
+    sa.Column("src_checked_at", sa.String(40)),  # stamp of the attest run whose source listing saw it unchanged
+    sa.Index("ix_residency_objects_dst", "migration_id", "dst_uri"),
 )
 
 buckets = sa.Table(
@@ -69,6 +79,22 @@ buckets = sa.Table(
     sa.Column("objects_in_scope", sa.BigInteger, default=0),
     sa.Column("bytes_in_scope", sa.BigInteger, default=0),
     sa.Column("updated_at", sa.String(40), nullable=False),
+    sa.Column("objects_out_of_scope", sa.BigInteger, default=0),
+    sa.Column("bytes_out_of_scope", sa.BigInteger, default=0),
+    sa.Column("objects_unreadable", sa.BigInteger, default=0),
+    sa.Column("bytes_unreadable", sa.BigInteger, default=0),
+    sa.Column("inventoried_at", sa.String(40)),  # when the listing that counted these began
+)
+
+unreadable = sa.Table(
+    "residency_unreadable",
+    metadata,
+    sa.Column("migration_id", sa.String(128), primary_key=True),
+    sa.Column("src_uri", sa.String(2048), primary_key=True),
+    sa.Column("src_bucket_uri", sa.String(300), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
 )
 
 journal = sa.Table(
@@ -152,20 +178,37 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
     def create_schema(self) -> None:
+        """Create the tables, and add what a newer version of this module declares
+        to tables an older one created (nullable columns and indexes only)."""
         metadata.create_all(self.engine)
+        inspector = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have:
+                        kind = column.type.compile(dialect=conn.dialect)
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
     # -- objects ----------------------------------------------------------
     def upsert_discovered(self, migration_id: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-        """Record inventoried objects; returns counts of ``new``, ``unchanged``, ``requeued``.
+        """Record inventoried objects; returns counts of ``new``, ``unchanged``, ``requeued``, ``failed``.
 
-        An object seen before keeps its progress, unless the source changed
-        (another version or ETag): then it is re-queued as ``discovered`` and
-        its old verdict discarded, so a stale copy is never cut over.
+        An object seen before keeps its progress unless the verification it holds
+        no longer applies: the source changed (another version or ETag), or the
+        destination plan changed (another destination URI). Then it is re-queued as
+        ``discovered`` and its old verdict discarded, so that a stale copy, or a copy
+        at a place the plan no longer names, is never counted or cut over. A row
+        that arrives with ``state`` ``failed`` (refused at inventory, e.g. a key too
+        long for the destination) is recorded as failed with its ``reason``.
         """
-        counts = {"new": 0, "unchanged": 0, "requeued": 0}
+        counts = {"new": 0, "unchanged": 0, "requeued": 0, "failed": 0}
         rows = list(rows)
         if not rows:
             return counts
@@ -173,34 +216,187 @@ class Ledger:
             existing = {
                 r.src_uri: r
                 for r in conn.execute(
-                    sa.select(objects.c.src_uri, objects.c.src_version, objects.c.src_etag, objects.c.state)
+                    sa.select(objects.c.src_uri, objects.c.src_version, objects.c.src_etag, objects.c.state,
+                              objects.c.dst_uri, objects.c.reason)
                     .where(objects.c.migration_id == migration_id)
                     .where(objects.c.src_uri.in_([r["src_uri"] for r in rows]))
                 )
             }
             stamp = now()
+            inserts = []
             for row in rows:
                 values = dict(row, migration_id=migration_id, updated_at=stamp)
                 values["src_checksums"] = json.dumps(row.get("src_checksums") or {}, sort_keys=True)
+                refused = values.pop("state", None) == FAILED
+                reason = values.pop("reason", None)
                 old = existing.get(row["src_uri"])
+                if refused:
+                    values.update(state=FAILED, reason=reason, **_NO_VERDICT)
+                    counts["failed"] += 1
+                    if old is None:
+                        inserts.append(dict(values, attempts=0))
+                    else:
+                        conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**values))
+                    continue
                 if old is None:
-                    values.update(state=DISCOVERED, attempts=0)
-                    conn.execute(objects.insert().values(**values))
+                    inserts.append(dict(values, state=DISCOVERED, attempts=0))
                     counts["new"] += 1
                 elif (old.src_version, old.src_etag) != (row.get("src_version"), row.get("src_etag")):
-                    values.update(
-                        state=DISCOVERED, copy_action=None, copy_method=None, verify_algorithm=None,
-                        verify_method=None, dst_checksums=None,
-                        reason=f"source changed since previous inventory (was etag {old.src_etag})",
-                    )
+                    values.update(state=DISCOVERED, reason=f"source changed since previous inventory (was etag "
+                                                          f"{old.src_etag}, version {old.src_version})", **_NO_VERDICT)
+                    conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**values))
+                    counts["requeued"] += 1
+                elif old.dst_uri != row["dst_uri"]:
+                    values.update(state=DISCOVERED, reason=f"destination plan changed (was {old.dst_uri}): "
+                                                          "copied and verified again at the new destination",
+                                  **_NO_VERDICT)
                     conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**values))
                     counts["requeued"] += 1
                 else:
-                    # Same source version: keep progress, refresh placement fields only.
-                    keep = {k: values[k] for k in ("shard", "dst_uri", "route", "updated_at")}
+                    # Same source version, same destination: keep progress; a failure
+                    # recorded at inventory (no longer refused now) gets another chance.
+                    keep = {k: values[k] for k in ("shard", "route", "updated_at")}
+                    if old.state == FAILED and (old.reason or "").startswith(INVENTORY_REFUSAL):
+                        keep.update(state=DISCOVERED, reason=None)
                     conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**keep))
                     counts["unchanged"] += 1
+            if inserts:
+                # executemany needs one set of keys for every row
+                names = set().union(*inserts)
+                conn.execute(objects.insert(), [{n: r.get(n) for n in names} for r in inserts])
         return counts
+
+    def requeue(self, migration_id: str, src_uri: str, reason: str) -> None:
+        """Back to ``discovered``, forgetting the verdict: the object is copied and verified again."""
+        self.update_object(migration_id, src_uri, state=DISCOVERED, reason=reason, **_NO_VERDICT)
+
+    def repin(self, migration_id: str, src_uri: str, *, version: str | None, etag: str | None, size: int,
+              checksums: Mapping[str, str], content_type: str | None, reason: str) -> None:
+        """The source now holds another version: pin that one and re-queue the object
+        (its old verdict belongs to the old version). The source bucket's listed and
+        in-scope byte counts follow the new size, so the counts still reconcile."""
+        old = self.get_object(migration_id, src_uri)
+        self.update_object(
+            migration_id, src_uri, state=DISCOVERED, reason=reason, src_version=version, src_etag=etag, size=size,
+            src_checksums=dict(checksums), content_type=content_type, **_NO_VERDICT,
+        )
+        if old is not None and old["size"] != size:
+            delta = size - old["size"]
+            with self.engine.begin() as conn:
+                conn.execute(
+                    buckets.update()
+                    .where(buckets.c.migration_id == migration_id)
+                    .where(buckets.c.bucket_uri == old["src_bucket_uri"])
+                    .values(bytes_listed=buckets.c.bytes_listed + delta, bytes_in_scope=buckets.c.bytes_in_scope + delta,
+                            updated_at=now())
+                )
+
+    def objects_by_dst(self, migration_id: str, dst_uris: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Ledger rows by destination URI (uses the ``dst_uri`` index)."""
+        uris = list(set(dst_uris))
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(uris), 500):
+                for row in conn.execute(
+                    sa.select(objects)
+                    .where(objects.c.migration_id == migration_id)
+                    .where(objects.c.dst_uri.in_(uris[i : i + 500]))
+                ).mappings():
+                    out[row["dst_uri"]] = decode_row(row)
+        return out
+
+    def mark_attested(self, migration_id: str, stamp: str, proofs: Iterable[tuple[str, str, str | None]]) -> int:
+        """Record ``(src_uri, method, note)`` as re-proven by the attest run ``stamp``,
+        in one transaction; only objects still verified or cut over are touched."""
+        params = [{"m": migration_id, "u": uri, "a": stamp, "meth": method, "note": note} for uri, method, note in proofs]
+        if not params:
+            return 0
+        stmt = (
+            objects.update()
+            .where(objects.c.migration_id == sa.bindparam("m"))
+            .where(objects.c.src_uri == sa.bindparam("u"))
+            .where(sa.or_(objects.c.state == VERIFIED, objects.c.state == CUT_OVER))
+            .values(attested_at=sa.bindparam("a"), attest_method=sa.bindparam("meth"),
+                    attest_note=sa.bindparam("note"))
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt, params).rowcount
+
+    def iter_unattested(self, migration_id: str, src_bucket_uri: str, stamp: str, batch: int = 500) -> Iterator[list[dict[str, Any]]]:
+        """Pages of verified objects of one source that the attest run ``stamp`` has not re-proven yet."""
+        last = ""
+        while True:
+            query = (
+                sa.select(objects)
+                .where(objects.c.migration_id == migration_id)
+                .where(objects.c.src_bucket_uri == src_bucket_uri)
+                .where(objects.c.state.in_([VERIFIED, CUT_OVER]))
+                .where(sa.or_(objects.c.attested_at.is_(None), objects.c.attested_at != stamp))
+                .where(objects.c.src_uri > last)
+                .order_by(objects.c.src_uri)
+                .limit(batch)
+            )
+            with self.engine.connect() as conn:
+                rows = [decode_row(r) for r in conn.execute(query).mappings()]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]["src_uri"]
+
+    def has_versions(self, migration_id: str, src_bucket_uri: str) -> bool:
+        """Whether any object of the source was pinned by a version id (a versioned bucket)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(objects.c.src_uri)
+                .where(objects.c.migration_id == migration_id)
+                .where(objects.c.src_bucket_uri == src_bucket_uri)
+                .where(objects.c.src_version.is_not(None))
+                .limit(1)
+            ).first() is not None
+
+    def attested_counts(self, migration_id: str, stamp: str | None) -> list[dict[str, Any]]:
+        """Objects and bytes re-proven by the attest run ``stamp``, by source bucket and route."""
+        if stamp is None:
+            return []
+        cols = [objects.c.src_bucket_uri, objects.c.route]
+        query = (
+            sa.select(*cols, sa.func.count().label("objects"), sa.func.coalesce(sa.func.sum(objects.c.size), 0).label("bytes"))
+            .where(objects.c.migration_id == migration_id)
+            .where(objects.c.state.in_([VERIFIED, CUT_OVER]))
+            .where(objects.c.attested_at == stamp)
+            .group_by(*cols)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # -- objects the inventory listed but could not read ---------------------
+    def replace_unreadable(self, migration_id: str, bucket_uri: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """The unreadable objects of one source, as its latest inventory found them
+        (an object read successfully since is no longer listed)."""
+        stamp = now()
+        values = [
+            {"migration_id": migration_id, "src_uri": r["src_uri"], "src_bucket_uri": bucket_uri,
+             "size": r.get("size"), "reason": r["reason"], "at": stamp}
+            for r in rows
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                unreadable.delete()
+                .where(unreadable.c.migration_id == migration_id)
+                .where(unreadable.c.src_bucket_uri == bucket_uri)
+            )
+            if values:
+                conn.execute(unreadable.insert(), values)
+
+    def get_unreadable(self, migration_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        query = (
+            sa.select(unreadable).where(unreadable.c.migration_id == migration_id)
+            .order_by(unreadable.c.src_bucket_uri, unreadable.c.src_uri)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def update_object(self, migration_id: str, src_uri: str, **values: Any) -> None:
         for key in ("src_checksums", "dst_checksums"):
@@ -215,7 +411,7 @@ class Ledger:
             row = conn.execute(
                 _where_obj(sa.select(objects), migration_id, src_uri)
             ).mappings().first()
-        return _decode(row) if row else None
+        return decode_row(row) if row else None
 
     def get_objects(self, migration_id: str, src_uris: Iterable[str]) -> dict[str, dict[str, Any]]:
         uris = list(set(src_uris))
@@ -227,7 +423,7 @@ class Ledger:
                     .where(objects.c.migration_id == migration_id)
                     .where(objects.c.src_uri.in_(uris[i : i + 500]))
                 ).mappings():
-                    out[row["src_uri"]] = _decode(row)
+                    out[row["src_uri"]] = decode_row(row)
         return out
 
     def iter_objects(
@@ -246,7 +442,7 @@ class Ledger:
             if states is not None:
                 query = query.where(objects.c.state.in_(list(states)))
             with self.engine.connect() as conn:
-                rows = [_decode(r) for r in conn.execute(query).mappings()]
+                rows = [decode_row(r) for r in conn.execute(query).mappings()]
             yield from rows
             if len(rows) < batch:
                 return
@@ -378,11 +574,23 @@ class Ledger:
                 yield dict(row)
 
 
+#: What a re-queued object forgets: no verdict may outlive the pair it was made for.
+_NO_VERDICT: dict[str, Any] = {
+    "copy_action": None, "copy_method": None, "verify_algorithm": None, "verify_method": None,
+    "dst_checksums": None, "dst_etag": None, "dst_version": None, "proof": None,
+    "attested_at": None, "attest_method": None, "attest_note": None, "src_checked_at": None,
+}
+
+#: Reasons recorded by the inventory itself start with this.
+INVENTORY_REFUSAL = "refused at inventory: "
+
+
 def _where_obj(stmt: Any, migration_id: str, src_uri: str) -> Any:
     return stmt.where(objects.c.migration_id == migration_id).where(objects.c.src_uri == src_uri)
 
 
-def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
+def decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of ``residency_objects`` with its checksum columns decoded from JSON."""
     out = dict(row)
     for key in ("src_checksums", "dst_checksums"):
         out[key] = json.loads(out[key]) if out.get(key) else {}

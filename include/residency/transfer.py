@@ -218,18 +218,32 @@ def copy_shard(
     dry_run: bool = False,
 ) -> CopyResult:
     """Copy the objects of one manifest shard; one outcome per object in the ledger."""
-    result = CopyResult(shard=shard["shard"], dry_run=dry_run)
-    records = list(read_shard(shard["path"]))
-    rows = ledger.get_objects(policy.migration_id, (r["src_uri"] for r in records))
+    return copy_rows(policy, ledger, [r["src_uri"] for r in read_shard(shard["path"])], src_store, dst_store,
+                     shard=shard["shard"], dry_run=dry_run)
+
+
+def copy_rows(
+    policy: Policy,
+    ledger: Ledger,
+    src_uris: list[str],
+    src_store: Store,
+    dst_store: Store,
+    *,
+    shard: int = -1,
+    dry_run: bool = False,
+) -> CopyResult:
+    """Copy the named objects (all of one source); one outcome per object in the ledger."""
+    result = CopyResult(shard=shard, dry_run=dry_run)
+    rows = ledger.get_objects(policy.migration_id, src_uris)
     server_side = same_service(src_store, dst_store)
 
-    def one(record: dict[str, Any]) -> None:
-        row = rows.get(record["src_uri"])
+    def one(src_uri: str) -> None:
+        row = rows.get(src_uri)
         _tally(result, objects=1)
-        _tally(result, bytes=record["size"])
         if row is None:
-            _fail(result, ledger, policy, record["src_uri"], "not in the ledger: inventory was not recorded")
+            _fail(result, ledger, policy, src_uri, "not in the ledger: inventory was not recorded")
             return
+        _tally(result, bytes=row["size"])
         if row["state"] in DONE:
             _tally(result, already_verified=1)
             log.info("copy %s: skipped, already verified at %s", row["src_uri"], row["dst_uri"])
@@ -256,7 +270,7 @@ def copy_shard(
             _tally(result, already_present=1)
 
     with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-        list(pool.map(one, records))
+        list(pool.map(one, src_uris))
     log.info(
         "copy shard %d summary: %d objects, %d copied (%d bytes), %d already present, %d already verified, %d failed",
         result.shard, result.objects, result.copied, result.copied_bytes, result.already_present,
@@ -313,7 +327,6 @@ def _copy_one(
         policy.migration_id, src_store, src, dst_store, dst_ref, metadata, expected,
         create_only=not replace, digests=("sha256",) if policy.transfer.sha256 else (),
     )
-    # The bytes hashed on the way passed the check against the source's own checksum.
     return "copied", "streamed", digests
 
 
@@ -356,12 +369,17 @@ def _stream_copy(
     The destination store checks the bytes against the source's checksums before it
     creates the object where it can (S3), and the result is compared with what the
     destination reports afterwards: a mismatch (bits flipped on the way) deletes the
-    new object and tries again, up to ``STREAM_ATTEMPTS`` times. Returns the
-    destination's info and the ``digests`` computed from the bytes that went through.
+    new object and tries again, up to ``STREAM_ATTEMPTS`` times.
+
+    Returns the destination's info and the ``digests`` computed from the bytes that
+    went through, but only when those bytes were proven to be the source's: a
+    checksum the source's server reports for the pinned version equals the one
+    computed from the same bytes. Otherwise no digest is returned (a hash of
+    unproven bytes is no evidence), and verification reads the source again.
     """
     last: ChecksumMismatch | None = None
     for attempt in range(1, STREAM_ATTEMPTS + 1):
-        hasher = checksums.MultiHasher(digests) if digests else None
+        hasher = checksums.MultiHasher(tuple(dict.fromkeys((*digests, "md5", "crc32c")))) if digests else None
         try:
             info = dst_store.write(
                 dst_ref,
@@ -383,7 +401,7 @@ def _stream_copy(
                 algorithm = None  # its report may echo our own claim; verify reads back instead
             if info.size == src.size and (algorithm is None or expected[algorithm] == info.checksums[algorithm]):
                 log.info("copy %s -> %s: copied %d bytes (streamed)", src.ref.uri, dst_ref.uri, src.size)
-                return info, (hasher.hexdigests() if hasher else {})
+                return info, (_proven_digests(src, hasher, digests) if hasher else {})
             last = ChecksumMismatch(
                 dst_ref.uri,
                 f"destination reports {algorithm} {info.checksums.get(algorithm or '')} and {info.size} bytes, "
@@ -394,6 +412,23 @@ def _stream_copy(
         log.warning("copy %s -> %s: attempt %d: %s", src.ref.uri, dst_ref.uri, attempt, last.reason)
     assert last is not None
     raise last
+
+
+def _proven_digests(src: ObjectInfo, hasher: checksums.MultiHasher, digests: tuple[str, ...]) -> dict[str, str]:
+    """``digests`` of the streamed bytes, if those bytes match a checksum the source's
+    server reports; else nothing (see :func:`_stream_copy`)."""
+    computed = hasher.hexdigests()
+    basis = checksums.common_algorithm(
+        dict(src.checksums), {a: v for a, v in computed.items() if a not in digests or a in src.checksums}
+    )
+    if hasher.size == src.size and basis and src.checksums[basis] == computed[basis]:
+        return {a: computed[a] for a in digests}
+    log.warning(
+        "copy %s: %s of the streamed bytes is not kept as evidence: the source's server reports no checksum "
+        "(%s) to prove those bytes were the source's; verification will read the source again",
+        src.ref.uri, ", ".join(digests), sorted(src.checksums) or "none",
+    )
+    return {}
 
 
 def _fail(
@@ -420,12 +455,30 @@ def verify_shard(
     dst_store: Store,
 ) -> VerifyResult:
     """Verify every copied object of one shard; verdicts go into the ledger."""
-    result = VerifyResult(shard=shard["shard"])
-    records = list(read_shard(shard["path"]))
-    rows = ledger.get_objects(policy.migration_id, (r["src_uri"] for r in records))
+    return verify_rows(policy, ledger, [r["src_uri"] for r in read_shard(shard["path"])], src_store, dst_store,
+                       shard=shard["shard"])
 
-    def one(record: dict[str, Any]) -> None:
-        row = rows.get(record["src_uri"])
+
+def verify_rows(
+    policy: Policy,
+    ledger: Ledger,
+    src_uris: list[str],
+    src_store: Store,
+    dst_store: Store,
+    *,
+    shard: int = -1,
+) -> VerifyResult:
+    """Verify the named objects that are copied; verdicts go into the ledger.
+
+    A verified object records the destination object's ETag and version as the
+    server reported them in the same answer that carried the checksum, and one
+    sentence saying how it was proven: attestation later re-proves *that* object.
+    """
+    result = VerifyResult(shard=shard)
+    rows = ledger.get_objects(policy.migration_id, src_uris)
+
+    def one(src_uri: str) -> None:
+        row = rows.get(src_uri)
         _tally(result, objects=1)
         if row is None or row["state"] not in (COPIED, *DONE):
             _tally(result, not_copied=1)
@@ -442,6 +495,7 @@ def verify_shard(
             ledger.update_object(
                 policy.migration_id, row["src_uri"], state=VERIFIED, verify_algorithm=detail["algorithm"],
                 verify_method=detail["method"], dst_checksums=detail["dst"], reason=None,
+                dst_etag=detail["dst_etag"], dst_version=detail["dst_version"], proof=detail["proof"],
             )
             log.info(
                 "verify %s -> %s: MATCH %s %s (%s)",
@@ -452,7 +506,7 @@ def verify_shard(
             _fail(result, ledger, policy, row["src_uri"], reason, row)
 
     with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-        list(pool.map(one, records))
+        list(pool.map(one, src_uris))
     log.info(
         "verify shard %d summary: %d objects, %d verified (%d bytes), %d already verified, %d not copied, verdicts %s",
         result.shard, result.objects, result.verified, result.verified_bytes, result.already_verified,
@@ -479,6 +533,11 @@ def _verify_one(
     if dst.size != src.size:
         return Verdict.MISMATCH, {"reason": f"size {dst.size} at destination, {src.size} at source"}
     expected = _expected(row, src)
+    # Where each expected value comes from, for the proof sentence.
+    origin = {a: "reported by the source's server" for a in src.checksums}
+    for algorithm in expected:
+        origin.setdefault(algorithm, "computed from the streamed source bytes, which matched the source's "
+                                     "server-reported checksum")
     dst_sums = dict(dst.checksums)
     algorithm = checksums.common_algorithm(expected, dst_sums)
     method = "server_reported"
@@ -497,15 +556,18 @@ def _verify_one(
             wanted = [a for a in ("crc32c", "md5", "sha256") if a in expected] or ["crc32c", "md5"]
             if require_sha256 and "sha256" not in wanted:
                 wanted.append("sha256")
-            computed, size = checksums.hash_stream(dst_store.read(dst.ref), wanted)
+            computed, size = checksums.hash_stream(dst_store.read(dst.ref, version=dst.version), wanted)
             if size != src.size:
                 return Verdict.MISMATCH, {"reason": f"read back {size} bytes, source has {src.size}"}
             dst_sums.update(computed)
             missing = [a for a in wanted if a not in expected]
             if missing == wanted or (require_sha256 and "sha256" in missing):
+                # An independent read of the pinned source version: a SHA-256 is
+                # evidence only from bytes proven to be the source's.
                 method = "read_back_both"
                 src_sums, _ = checksums.hash_stream(src_store.read(src.ref, version=src.version), missing)
                 expected.update(src_sums)
+                origin.update({a: "computed by reading the pinned source version again" for a in src_sums})
             algorithm = checksums.common_algorithm(expected, dst_sums)
     except StoreError as exc:
         return Verdict.ERROR, {"reason": f"read back: {exc}"}
@@ -515,4 +577,17 @@ def _verify_one(
         return Verdict.MISMATCH, {
             "reason": f"{algorithm} {dst_sums[algorithm]} at destination, {expected[algorithm]} expected",
         }
-    return Verdict.MATCH, {"algorithm": algorithm, "method": method, "dst": dst_sums}
+    dst_how = {
+        "server_reported": "reported by the destination's server",
+        "read_back": "computed by reading the destination object back",
+        "read_back_both": "computed by reading the destination object back",
+    }[method]
+    proof = (
+        f"{algorithm} {expected[algorithm]} of source version {src.version or src.etag} "
+        f"({origin.get(algorithm, 'recorded at inventory')}) equals the {algorithm} of {dst.ref.uri} "
+        f"(etag {dst.etag}, version {dst.version}) {dst_how}; {dst.size} bytes"
+    )
+    return Verdict.MATCH, {
+        "algorithm": algorithm, "method": method, "dst": dst_sums, "dst_etag": dst.etag,
+        "dst_version": dst.version, "proof": proof,
+    }

@@ -117,7 +117,7 @@ def test_rerun_resumes_and_copies_nothing_twice(env):
         env.put(f"p/{i}.png", body(1000 + i, i), "image/png")
     run_all(env)
     inv, copies, verifies = run_all(env)
-    assert inv.ledger == {"new": 0, "unchanged": 6, "requeued": 0}
+    assert inv.ledger == {"new": 0, "unchanged": 6, "requeued": 0, "failed": 0}
     assert total(copies, "copied") == 0
     assert total(copies, "already_verified") == 6
     assert total(verifies, "verified") == 0 and total(verifies, "already_verified") == 6
