@@ -108,7 +108,8 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path, migration_id: str) ->
     yield led
     if request.param == "postgresql":  # leave the shared database as found
         with led.engine.begin() as conn:
-            for table in (ledger_mod.objects, ledger_mod.journal, ledger_mod.audit, ledger_mod.phases):
+            for table in (ledger_mod.objects, ledger_mod.journal, ledger_mod.audit, ledger_mod.phases,
+                          ledger_mod.unreadable):
                 conn.execute(table.delete().where(table.c.migration_id == migration_id))
     led.dispose()
 
@@ -226,9 +227,9 @@ def test_cutover_rewrites_verified_only_keeping_style_and_query(
         residual_by_reason={"not_in_scope": 2, "not_verified": 2},
         per_column={
             "photos.url": {"scanned": 7, "rewritten": 3, "already_rewritten": 0, "residual": 4, "conflicts": 0,
-                           "ignored": 4, "residual_not_in_scope": 2, "residual_not_verified": 2},
+                           "ignored": 4, "repointed": 0, "residual_not_in_scope": 2, "residual_not_verified": 2},
             "profiles.avatar_url": {"scanned": 3, "rewritten": 3, "already_rewritten": 0, "residual": 0,
-                                    "conflicts": 0, "ignored": 1},
+                                    "conflicts": 0, "ignored": 1, "repointed": 0},
         },
         batches=6,  # 11 photos + 4 profiles in pages of 3: keyset pagination really pages
         dry_run=False, conflicts=0, ignored=5,
@@ -349,11 +350,14 @@ def test_scan_residual_before_and_after_cutover(policy: Policy, ledger: Ledger, 
 
     assert (after.cells_scanned, after.residual) == (15, 4)
     assert after.by_reason == {"not_in_scope": 2, "not_verified": 2}
-    assert after.per_column == {"photos.url": 4, "profiles.avatar_url": 0}
+    assert after.per_column == {
+        "photos.url": {"cells": 11, "references": 8, "residual": 4, "accepted": 0},
+        "profiles.avatar_url": {"cells": 4, "references": 3, "residual": 0, "accepted": 0},
+    }
     assert sorted((e["key"], e["reason"]) for e in after.examples) == [
         ("11", "not_in_scope"), ("4", "not_verified"), ("5", "not_in_scope"), ("9", "not_verified"),
     ]
-    assert {e["url"] for e in after.examples} == {PHOTOS[4], PHOTOS[5], PHOTOS[9], PHOTOS[11]}
+    assert {e["excerpt"] for e in after.examples} == {PHOTOS[4], PHOTOS[5], PHOTOS[9], PHOTOS[11]}
     phase = ledger.latest_phase(policy.migration_id, "residual")
     assert phase is not None and phase["result"]["residual"] == 4
 
