@@ -3,24 +3,28 @@
 
 Moves the media objects named by a **policy file** from overseas buckets to
 domestic storage, proves every object arrived intact, repoints the application
-database at the new copies, revokes the foreign party's credentials, and writes
-an evidence report for auditors.
+database at the new copies, revokes the foreign party's credentials, re-proves
+all of it, and writes an evidence report for auditors.
 
 | task | what it does |
 |---|---|
 | `plan` | validates the params and the policy before any work (a bad field fails here, naming it) |
-| `preflight` | every bucket reachable; region -> jurisdiction; refuses a destination outside the home jurisdiction |
-| `inventory` | lists sources page by page, selects media, records each object in the ledger, writes manifest shards |
-| `copy_shard` | one mapped instance per shard: server-side copy (multipart above the threshold), resumable |
+| `preflight` | every bucket reachable; region -> jurisdiction; destinations domestic; reference key columns unique and never NULL; IAM and probe credentials work (read-only) |
+| `inventory` | lists sources page by page, selects media, records each object in the ledger (and every object it could not read), writes manifest shards |
+| `copy_shard` | one mapped instance per shard: server-side copy (multipart above the threshold), or streamed, resumable |
 | `verify_shard` | one mapped instance per shard: a checksum both sides truly have, or a read-back |
-| `cutover` | rewrites references to verified objects, journaled; counts residual references |
-| `revoke` | deactivates and deletes the foreign access keys; proves denial with the old key |
-| `evidence` | `evidence.json`, `evidence.html`, `audit.jsonl`, `objects.jsonl` |
-| `check_complete` | fails the run, with counts, unless everything verified and every key is denied |
+| `recheck` | re-proves every verified object now (destination listing, source version); repairs what changed; runs even when nothing is in scope |
+| `cutover` | rewrites references to re-proven objects only, journaled |
+| `revoke` | deactivates and deletes the foreign access keys; proves each with a denied probe |
+| `attest` | re-proves, right before the evidence, everything the evidence will count as migrated |
+| `evidence` | scans the application's references now; `evidence.json`, `evidence.html`, `audit.jsonl`, `objects.jsonl` |
+| `check_complete` | fails the run, with the reasons rule by rule, unless the evidence is COMPLETE |
 
 Re-running is safe: the ledger remembers each object, so a re-run copies
-nothing twice and resumes where the last one stopped. `dry_run` inventories and
-reports what would happen without copying, rewriting or revoking.
+nothing twice, resumes where the last one stopped, and re-proves everything.
+`dry_run` inventories and reports what would happen without copying, rewriting
+or revoking. Errors no retry can fix (a policy mistake, a refusal) fail the task
+at once; transient ones are retried.
 
 Engine: `include/residency` (no Airflow inside). Docs: README.md.
 """
@@ -32,25 +36,9 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from residency_airflow import fail_fast, run_info, runtime
+
 DEFAULT_POLICY = os.environ.get("RESIDENCY_POLICY", "/opt/airflow/include/policies/example.yaml")
-
-
-def _runtime(plan):
-    from residency.connections import credentials
-    from residency.pipeline import Runtime
-
-    return Runtime(plan, credentials)
-
-
-def _run_info() -> dict:
-    ctx = get_current_context()
-    dag_run = ctx["dag_run"]
-    return {
-        "dag_id": dag_run.dag_id,
-        "run_id": dag_run.run_id,
-        "logical_date": str(ctx.get("logical_date") or ""),
-        "run_after": str(getattr(dag_run, "run_after", "") or ""),
-    }
 
 
 @dag(
@@ -74,59 +62,84 @@ def _run_info() -> dict:
 def residency_migration():
     @task(retries=0)
     def plan() -> dict:
+        from residency.connections import credentials
         from residency.pipeline import plan_run
 
-        ctx = get_current_context()
-        return plan_run(ctx["params"], _run_info())
+        with fail_fast():
+            return plan_run(get_current_context()["params"], run_info(), credentials)
 
     @task
     def preflight(plan: dict) -> dict:
         from residency.pipeline import preflight as run
 
-        return run(_runtime(plan))["placements"]
+        with fail_fast():
+            return run(runtime(plan))["placements"]
 
     @task
     def inventory(plan: dict, placements: dict) -> list[dict]:
         from residency.pipeline import run_inventory
 
-        return run_inventory(_runtime(plan), placements)["shards"]
+        with fail_fast():
+            return run_inventory(runtime(plan), placements)["shards"]
 
     @task(map_index_template="{{ shard_label }}")
     def copy_shard(plan: dict, shard: dict) -> dict:
         from residency.pipeline import copy_shard as run, shard_label
 
         get_current_context()["shard_label"] = shard_label(shard)
-        return run(_runtime(plan), shard)
+        with fail_fast():
+            return run(runtime(plan), shard)
 
     @task(map_index_template="{{ shard_label }}")
     def verify_shard(plan: dict, shard: dict) -> dict:
         from residency.pipeline import shard_label, verify_shard as run
 
         get_current_context()["shard_label"] = shard_label(shard)
-        return run(_runtime(plan), shard)
+        with fail_fast():
+            return run(runtime(plan), shard)
+
+    # Mapped tasks over an empty list are skipped; "none_failed" lets the run go
+    # on (recheck, cutover, revocation, evidence) when nothing is in scope.
+    @task(trigger_rule="none_failed")
+    def recheck(plan: dict) -> dict:
+        from residency.pipeline import recheck as run
+
+        with fail_fast():
+            return run(runtime(plan))
 
     @task
     def cutover(plan: dict) -> dict:
         from residency.pipeline import cutover as run
 
-        return run(_runtime(plan))
+        with fail_fast():
+            return run(runtime(plan))
 
     @task
     def revoke(plan: dict) -> dict:
         from residency.pipeline import revoke as run
 
-        return run(_runtime(plan))
+        with fail_fast():
+            return run(runtime(plan))
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def attest(plan: dict) -> dict:
+        from residency.pipeline import attest_phase
+
+        with fail_fast():
+            return attest_phase(runtime(plan))
 
     @task(trigger_rule="all_done_min_one_success", retries=0)
     def evidence(plan: dict) -> dict:
         from residency.pipeline import write_evidence
 
-        return write_evidence(_runtime(plan), _run_info())
+        return write_evidence(runtime(plan), run_info())
 
     @task(retries=0)
     def check_complete(report: dict) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
         if not report["complete"]:
-            raise RuntimeError(
+            raise AirflowFailException(
                 "migration not complete: " + "; ".join(report["problems"]) + f" (evidence: {report['evidence_json']})"
             )
 
@@ -135,12 +148,17 @@ def residency_migration():
     copied = copy_shard.partial(plan=the_plan).expand(shard=shards)
     verified = verify_shard.partial(plan=the_plan).expand(shard=shards)
     copied >> verified
+    rechecked = recheck(the_plan)
+    verified >> rechecked
+    shards >> rechecked
     cut = cutover(the_plan)
-    verified >> cut
+    rechecked >> cut
     revoked = revoke(the_plan)
     cut >> revoked
+    attested = attest(the_plan)
+    revoked >> attested
     report = evidence(the_plan)
-    revoked >> report
+    attested >> report
     check_complete(report)
 
 

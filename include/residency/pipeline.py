@@ -17,12 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import __version__, audit, inventory, references, revocation, transfer
-from .clients import AwsCredentials, GcsCredentials
-from .errors import JurisdictionError, PolicyError, StoreError
+from . import __version__, attest, evidence, inventory, references, revocation, transfer
+from .clients import AwsCredentials, DatabaseCredentials, GcsCredentials
+from .errors import JurisdictionError, PolicyError, ResidencyError, StoreError
 from .jurisdictions import Placement, placement_of
 from .ledger import Ledger
-from .policy import Destination, Source, load_policy
+from .policy import Destination, Policy, Source, load_policy, redact_db_url
 from .stores.base import Store
 from .stores.gcs import GcsStore
 from .stores.s3 import S3Store, S3TransferConfig
@@ -30,7 +30,7 @@ from .uris import ObjectRef
 
 log = logging.getLogger(__name__)
 
-Credentials = Callable[[str], "AwsCredentials | GcsCredentials"]
+Credentials = Callable[[str], "AwsCredentials | GcsCredentials | DatabaseCredentials"]
 
 
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,9 +61,25 @@ class Runtime:
             )
         self.dry_run = bool(plan.get("dry_run"))
         self.credentials = credentials
-        self.ledger = Ledger(self.policy.ledger_url)
+        self.ledger = Ledger(ledger_url(self.policy, credentials))
         self.ledger.create_schema()
         self._stores: dict[str, Store] = {}
+
+    @property
+    def run_id(self) -> str | None:
+        return (self.plan.get("run") or {}).get("run_id")
+
+    def app_database_url(self) -> str | None:
+        """The application database's URL: from the policy's connection, else its ``database_url``."""
+        refs = self.policy.references
+        if refs is None:
+            return None
+        if refs.conn_id:
+            return _database(self.credentials, refs.conn_id, "references.conn_id").url
+        return refs.database_url
+
+    def stores_for(self, source: Source) -> tuple[Store, Store]:
+        return self.source_store(source), self.destination_store(self.policy.destination_for(source))
 
     def store(self, conn_id: str, provider: str) -> Store:
         """The store of one connection; its type must fit the bucket's provider."""
@@ -114,6 +130,26 @@ class Runtime:
         return summary
 
 
+def _database(credentials: Credentials, conn_id: str, field: str) -> DatabaseCredentials:
+    try:
+        creds = credentials(conn_id)
+    except Exception as exc:  # noqa: BLE001 - an unknown connection id is a configuration mistake
+        raise PolicyError(field, conn_id, f"the connection cannot be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(creds, DatabaseCredentials):
+        raise PolicyError(field, conn_id, "expected a database connection (postgres, sqlite, or an extra sqlalchemy_url)")
+    return creds
+
+
+def ledger_url(policy: Policy, credentials: Credentials | None) -> str:
+    """The ledger's URL: the policy's ``ledger_url`` (or the default), or its ``ledger_conn_id``."""
+    if policy.ledger_conn_id:
+        if credentials is None:
+            raise PolicyError("ledger_conn_id", policy.ledger_conn_id, "needs the Airflow connections to be read")
+        return _database(credentials, policy.ledger_conn_id, "ledger_conn_id").url
+    assert policy.ledger_url is not None
+    return policy.ledger_url
+
+
 def _compact(result: Mapping[str, Any]) -> dict[str, Any]:
     """The counts of a result for log lines and audit records: lists become their length."""
     return {k: (f"{len(v)} items" if isinstance(v, list) and len(v) > 3 else v) for k, v in result.items()}
@@ -122,7 +158,9 @@ def _compact(result: Mapping[str, Any]) -> dict[str, Any]:
 # -- phases ------------------------------------------------------------------
 
 
-def plan_run(params: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def plan_run(
+    params: Mapping[str, Any], run: Mapping[str, Any] | None = None, credentials: Credentials | None = None
+) -> dict[str, Any]:
     """Validate params and the policy before any work; the plan every task receives."""
     checked = validate_params(params)
     policy = load_policy(checked["policy_path"])
@@ -136,18 +174,12 @@ def plan_run(params: Mapping[str, Any], run: Mapping[str, Any] | None = None) ->
         "destinations": {p: d.ref.uri for p, d in policy.destinations.items()},
         "run": dict(run or {}),
     }
-    ledger = Ledger(policy.ledger_url)
+    url = ledger_url(policy, credentials)
+    ledger = Ledger(url)
     ledger.create_schema()
     ledger.audit(policy.migration_id, "run.planned", {k: v for k, v in plan.items() if k != "run"} | {"run": dict(run or {})})
-    log.info("plan: %s; dry_run=%s; ledger %s", policy.summary(), checked["dry_run"], _safe_url(policy.ledger_url))
+    log.info("plan: %s; dry_run=%s; ledger %s", policy.summary(), checked["dry_run"], redact_db_url(url))
     return plan
-
-
-def _safe_url(url: str) -> str:
-    """A database URL without its password, for logs."""
-    import sqlalchemy as sa
-
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def preflight(rt: Runtime) -> dict[str, Any]:
@@ -200,12 +232,40 @@ def preflight(rt: Runtime) -> dict[str, Any]:
             policy.migration_id, destination.ref.bucket_uri, role="destination", provider=provider,
             location=placement.location, jurisdiction=placement.jurisdiction, placement_source=placement.source,
         )
+    problems.extend(_preflight_references(rt))
+    if policy.revocations:
+        problems.extend(revocation.preflight_check(
+            policy, rt.ledger, iam_credentials=rt.credentials, probe_credentials=rt.credentials,
+        ))
     if problems:
         rt.ledger.audit(policy.migration_id, "preflight.refused", {"problems": problems})
         for problem in problems:
             log.error("preflight: %s", problem)
         raise JurisdictionError("; ".join(problems))
     return rt.end("preflight", {"placements": placements, "buckets": len(placements)})
+
+
+def _preflight_references(rt: Runtime) -> list[str]:
+    """The application database answers, every configured column exists, every key is unique and never NULL."""
+    refs = rt.policy.references
+    if refs is None:
+        return []
+    url = rt.app_database_url()
+    import sqlalchemy as sa
+
+    from .references import appdb
+
+    app = appdb.app_engine(url)
+    try:
+        problems = references.check_columns(app, refs)
+    except sa.exc.SQLAlchemyError as exc:
+        return [f"the application database {redact_db_url(url)} cannot be read: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}"]
+    finally:
+        app.dispose()
+    for problem in problems:
+        log.error("preflight: %s", problem)
+    return problems
 
 
 def run_inventory(rt: Runtime, placements: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -255,15 +315,37 @@ def _dst_region(rt: Runtime) -> Callable[[ObjectRef], str | None]:
     return region
 
 
+def recheck(rt: Runtime) -> dict[str, Any]:
+    """Before the cutover: re-prove every verified object (and repair what changed),
+    so that references are repointed only to copies proven now."""
+    rt.begin("recheck")
+    result = attest.attest(rt.policy, rt.ledger, rt.stores_for, phase="recheck", dry_run=rt.dry_run)
+    return rt.end("recheck", result.summary())
+
+
+def attest_phase(rt: Runtime) -> dict[str, Any]:
+    """Just before the evidence: re-prove everything the evidence will count as migrated."""
+    rt.begin("attest")
+    result = attest.attest(rt.policy, rt.ledger, rt.stores_for, phase="attest", dry_run=rt.dry_run)
+    return rt.end("attest", result.summary())
+
+
+def _recheck_stamp(rt: Runtime) -> str:
+    row = rt.ledger.latest_phase(rt.policy.migration_id, "recheck")
+    if row is None or (rt.run_id and row["run_id"] != rt.run_id):
+        raise ResidencyError("the cutover needs this run's recheck phase first: no re-proven object may be assumed")
+    return row["result"]["stamp"]
+
+
 def cutover(rt: Runtime) -> dict[str, Any]:
     if rt.policy.references is None:
         return rt.end("cutover", {"skipped": "the policy names no reference columns"})
-    rt.begin("cutover", f" columns {', '.join(f'{c.table}.{c.column}' for c in rt.policy.references.columns)}")
-    result = references.cutover(rt.policy, rt.ledger, dst_region=_dst_region(rt), dry_run=rt.dry_run)
-    summary = rt.end("cutover", asdict(result))
-    residual = references.scan_residual(rt.policy, rt.ledger, [s.ref.bucket for s in rt.policy.sources])
-    summary["residual_scan"] = rt.end("residual", asdict(residual))
-    return summary
+    rt.begin("cutover", f" columns {', '.join(c.label for c in rt.policy.references.columns)}")
+    result = references.cutover(
+        rt.policy, rt.ledger, dst_region=_dst_region(rt), dry_run=rt.dry_run,
+        database_url=rt.app_database_url(), attested_since=_recheck_stamp(rt),
+    )
+    return rt.end("cutover", asdict(result))
 
 
 def revoke(rt: Runtime) -> dict[str, Any]:
@@ -289,18 +371,36 @@ def software_versions() -> dict[str, str]:
 
 
 def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
+    """Scan the application's references now, then write the evidence.
+
+    The residual scan is made here, for this report, against the stamp of the
+    latest attestation; a scan that cannot be made leaves the references rule
+    failed (the evidence says why), never an earlier scan reused.
+    """
     rt.begin("evidence")
     out_dir = Path(rt.plan.get("evidence_dir") or Path(rt.policy.control_dir) / rt.policy.migration_id / "evidence")
-    files = audit.write_evidence(
-        rt.policy, rt.ledger, out_dir, run={**dict(run), "dry_run": rt.dry_run}, software=software_versions()
+    residual = None
+    if rt.policy.references is not None:
+        latest = rt.ledger.latest_phase(rt.policy.migration_id, "attest")
+        try:
+            residual = references.scan_residual(
+                rt.policy, rt.ledger, database_url=rt.app_database_url(),
+                attest_stamp=latest["result"].get("stamp") if latest else None,
+            )
+        except Exception as exc:  # noqa: BLE001 - the report must still be written, saying why
+            log.error("evidence: the residual scan of the application database failed: %s: %s",
+                      type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    files = evidence.write_evidence(
+        rt.policy, rt.ledger, out_dir, run={**dict(run), "dry_run": rt.dry_run}, software=software_versions(),
+        residual=residual,
     )
-    evidence = files.evidence
+    report = files.evidence
     summary = {
         "evidence_json": str(files.evidence_json),
         "evidence_html": str(files.evidence_html),
         "complete": files.complete,
-        "problems": evidence.get("problems", []),
-        "reconciliation": evidence.get("reconciliation", {}),
+        "problems": report.get("problems", []),
+        "reconciliation": report.get("reconciliation", {}),
     }
     log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.evidence_json, files.complete)
     return summary

@@ -32,8 +32,8 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_residency_migration_shape(dagbag):
     dag = dagbag.dags["residency_migration"]
     assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
-    order = ["plan", "preflight", "inventory", "copy_shard", "verify_shard", "cutover", "revoke", "evidence",
-             "check_complete"]
+    order = ["plan", "preflight", "inventory", "copy_shard", "verify_shard", "recheck", "cutover", "revoke", "attest",
+             "evidence", "check_complete"]
     assert set(order) == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
@@ -41,6 +41,11 @@ def test_residency_migration_shape(dagbag):
         }, f"{upstream} must run before {downstream}"
     assert dag.get_task("copy_shard").map_index_template
     assert dag.get_task("evidence").trigger_rule == "all_done_min_one_success"
+    # State 8: nothing in scope skips the mapped shards; the run must still recheck, cut over,
+    # revoke, attest and write the evidence.
+    assert dag.get_task("recheck").trigger_rule == "none_failed"
+    assert dag.get_task("attest").trigger_rule == "none_failed_min_one_success"
+    assert "inventory" in dag.get_task("recheck").upstream_task_ids
     assert dag.max_active_runs == 1
 
 

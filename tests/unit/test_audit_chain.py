@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from residency.audit import AuditChainBroken, ChainHead, export_audit_log, verify_audit_log
+from residency.evidence import AuditChainBroken, ChainHead, export_audit_log, verify_audit_log
 from residency.ledger import GENESIS, Ledger, audit
 
 MID = "mig-audit-test"

@@ -1,0 +1,57 @@
+"""``evidence.html``: the evidence as one self-contained page (no scripts, no external assets).
+
+Rendered from ``templates/evidence.html.j2`` with Jinja2 (installed with Airflow),
+autoescaping every value, so that a key or a URL from a bucket can never inject
+markup into the page an auditor opens.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Mapping
+
+import jinja2
+
+from .report import COUNT_LABELS, METHOD_LABELS, OBJECTS_FILE, ROUTE_COUNTS, _human_bytes
+
+
+def _yes(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _num(value: Any) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else _yes(value)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+PLACEMENT_WORDS = {"discovered": "asked the provider's API", "declared": "declared in the policy (not verifiable by API)"}
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("residency.evidence", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(yes=_yes, num=_num, bytes=_human_bytes, pretty=_pretty,
+                       placement=lambda s: PLACEMENT_WORDS.get(s or "", s or "—"))
+    return env
+
+
+def render_html(evidence: Mapping[str, Any]) -> str:
+    """The page for one evidence document (as :func:`~.report.build_evidence` returns it)."""
+    return _environment().get_template("evidence.html.j2").render(
+        ev=evidence, count_labels=COUNT_LABELS, route_counts=ROUTE_COUNTS, method_labels=METHOD_LABELS,
+        objects_file_name=OBJECTS_FILE,
+    )
