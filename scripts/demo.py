@@ -98,16 +98,28 @@ def main() -> int:
         f"{rec['already_present']['objects']}; verified {rec['verified']['objects']}; failed {rec['failed']['objects']}; "
         f"balanced: {rec.get('balanced')}"
     )
+    attestation = evidence.get("attestation") or {}
+    print(
+        f"  attested just before the report: {rec['attested']['objects']} of {rec['verified']['objects']} verified "
+        f"objects re-proven; repaired {attestation.get('repaired', 0)}; media arrived since the inventory: "
+        f"{attestation.get('arrived', 0)}"
+    )
     print(
         f"  references: scanned {refs.get('scanned', 0)}, rewritten {refs.get('rewritten', 0)}, "
-        f"already rewritten {refs.get('already_rewritten', 0)}; still pointing overseas after cutover: "
-        f"{residual.get('residual', 0)} {residual.get('by_reason', {})}"
+        f"already rewritten {refs.get('already_rewritten', 0)}; scanned again for the report: "
+        f"{residual.get('residual', 0)} still pointing overseas {residual.get('by_reason', {})}, "
+        f"{residual.get('accepted', 0)} accepted by the policy with a reason"
     )
+    for rule in residual.get("accepted_by_rule", []):
+        print(f"    accepted {rule['references']} ({rule['rule']}): {rule['reason']}")
     for rev in evidence.get("revocations", {}).get("records", []):
-        print(f"  revoked {rev['principal']} key {rev['credential_id']}: denied afterwards = {rev['proof'].get('denied')}")
+        proof = rev["proof"]
+        print(f"  revoked {rev['principal']} key {rev['credential_id']}: {proof.get('status')} ({proof.get('reason')})")
     print(f"  audit log: {evidence['audit_log']['records']} records, chain head {evidence['audit_log']['head'][:16]}")
     print(f"evidence: {OUT / 'evidence.json'}  {OUT / 'evidence.html'}")
     print(f"DAG run: {outcome.state} in {dag_seconds:.0f}s; demo total {time.monotonic() - started:.0f}s")
+    for rule in evidence.get("complete_rules", []):
+        print(f"  rule {rule['id']:<12} {'holds' if rule['holds'] else 'FAILS: ' + '; '.join(rule['problems'])}")
     if not outcome.succeeded or not evidence.get("complete"):
         print("MIGRATION NOT COMPLETE:", "; ".join(evidence.get("problems", [])) or f"DAG run {outcome.state}",
               f"failed tasks: {', '.join(outcome.failed_tasks) or '-'}")

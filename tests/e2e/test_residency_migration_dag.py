@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from residency.audit import verify_audit_log
+from residency.clients import AwsCredentials
+from residency.evidence import verify_audit_log
 from residency.localcloud.dagrun import run_dag_test
 from residency.localcloud.estate import seed_estate
 from residency.localcloud.servers import FakeGcsServer, MotoServer
@@ -145,8 +146,14 @@ def test_full_migration_then_safe_rerun(estate, airflow_env, tmp_path):
     assert rec["in_scope"]["objects"] == est.media_objects == rec["verified"]["objects"]
     assert rec["in_scope"]["bytes"] == est.media_bytes
     assert rec["copied"]["objects"] + rec["already_present"]["objects"] == rec["verified"]["objects"]
-    assert evidence["revocations"]["all_denied"] is True
+    assert evidence["revocations"]["all_denied"] is True and evidence["revocations"]["all_proven"] is True
     assert evidence["references"]["cutover"]["rewritten"] == est.media_references
+    assert all(rule["holds"] for rule in evidence["complete_rules"])
+    # Re-proven just before the report, and the references scanned for it.
+    assert evidence["attestation"]["attested"] == est.media_objects == rec["attested"]["objects"]
+    scan = evidence["references"]["residual_scan"]
+    assert scan["residual"] == 0 and scan["accepted"] == est.references - est.media_references
+    assert all(rule["reason"] for rule in scan["accepted_by_rule"])
     routes = {r["route"]: r for r in evidence["routes"]}
     for name, seeded in est.routes.items():
         assert routes[name]["counts"]["verified"] == seeded, name
@@ -170,3 +177,53 @@ def test_full_migration_then_safe_rerun(estate, airflow_env, tmp_path):
     assert sum(int(n) for n, _ in summaries) == est.media_objects
     assert second["references"]["cutover"]["rewritten"] == 0
     assert second["references"]["cutover"]["already_rewritten"] == est.media_references
+
+
+def test_preflight_refusal_fails_at_once_without_retries(estate, airflow_env, tmp_path):
+    """An error no retry can fix (a key the policy names does not exist) fails the task on its first try."""
+    est, _ = estate
+    bad = tmp_path / "policy.yaml"
+    text = re.sub(r"access_keys: \[\w+\]", "access_keys: [AKIA0000000000000000]", est.policy_path.read_text())
+    bad.write_text(text.replace("sqlite:///app.db", est.app_db_url))
+    outcome = run(estate, airflow_env, tmp_path / "out", policy_path=str(bad))
+    assert not outcome.succeeded and "preflight" in outcome.failed_tasks
+    log = outcome.log_path.read_text()
+    assert "revoke[0].access_keys" in log and "AKIA0000000000000000" in log
+    assert "up_for_retry" not in log.lower()
+    assert "BEGIN inventory" not in log
+
+
+def test_nothing_in_scope_still_revokes_and_reports(estate, airflow_env, tmp_path):
+    """State 8: a typo in every prefix selects nothing; the mapped shards are skipped, but recheck,
+    cutover, revocation, attestation and the evidence still run, and the run fails saying why."""
+    est, admin = estate
+    iam = admin.client("iam", "us-east-1")
+    key = iam.create_access_key(UserName=est.affiliate_user)["AccessKey"]  # a second key of the affiliate
+    policy = tmp_path / "policy.yaml"
+    text = est.policy_path.read_text().replace("control_dir: control", f"control_dir: {tmp_path / 'control'}")
+    text = re.sub(r"uri: (s3|gs)://(seoul-[a-z-]+)([,}])", r"uri: \1://\2/fotos/\3", text)
+    text = re.sub(r"access_keys: \[\w+\], probe_conn_id: affiliate_probe",
+                  f"access_keys: [{key['AccessKeyId']}], probe_conn_id: affiliate_probe2", text)
+    text = text.replace("sqlite:///app.db", est.app_db_url)
+    policy.write_text(text)
+    probe = {"conn_type": "aws", "login": key["AccessKeyId"], "password": key["SecretAccessKey"],
+             "extra": {"region_name": "ap-northeast-2", "endpoint_url": est.endpoint_url,
+                       "validates_upload_checksums": False}}
+    out = tmp_path / "out"
+    conf = {"policy_path": str(policy), "evidence_dir": str(out), "dry_run": False}
+    outcome = run_dag_test("residency_migration", conf,
+                           env={**airflow_env, **est.connection_env(), "AIRFLOW_CONN_AFFILIATE_PROBE2": json.dumps(probe)},
+                           log_path=out / "dag-run.log", timeout=900)
+    assert not outcome.succeeded and outcome.failed_tasks == ("check_complete",), outcome.failed_tasks
+    evidence = json.loads((out / "evidence.json").read_text())
+    assert evidence["complete"] is False
+    assert {r["id"] for r in evidence["complete_rules"] if not r["holds"]} >= {"scope"}
+    assert "nothing is in scope" in " ".join(evidence["problems"])
+    assert evidence["attestation"] is not None
+    (record,) = [r for r in evidence["revocations"]["records"] if r["credential_id"] == key["AccessKeyId"]]
+    assert record["proof"]["status"] == "proven"
+    revoked = AwsCredentials("probe2", access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"],
+                             region_name="ap-northeast-2", endpoint_url=est.endpoint_url)
+    with pytest.raises(ClientError) as denied:
+        revoked.client("s3").list_objects_v2(Bucket=est.source_buckets[0], MaxKeys=1)
+    assert denied.value.response["Error"]["Code"] == "InvalidAccessKeyId"

@@ -629,6 +629,12 @@ destinations:
     - {table: videos, key: id, column: gcs_url}
     - {table: videos, key: id, column: poster_url}
 """
+        accepted_gcs = f"""\
+    - {{uri: "gs://{GCS_VIDEO_BUCKET}/logs/*", reason: "transcoder logs are not media; they stay in Seoul under the log retention policy"}}
+    - {{uri: "gs://{GCS_VIDEO_BUCKET}/manifests/*", reason: "playlist manifests (JSON) are not media and are regenerated in Tokyo"}}
+    - {{uri: "gs://{GCS_PHOTOS_BUCKET}/exports/*", reason: "album exports (JSON) are not media; out of scope by decision"}}
+    - {{uri: "gs://{GCS_VIDEO_BUCKET}/video/2021/07/deleted/*", reason: "dangling link: the video was deleted in 2021; nothing to migrate"}}
+"""
     else:
         routes = f"""\
 sources:
@@ -638,6 +644,7 @@ destinations:
   s3: {{uri: s3://{DESTINATION_BUCKET}, conn_id: aws_tokyo, key_template: "{{src_bucket}}/{{key}}"}}
 """
         videos = ""
+        accepted_gcs = ""
     return f"""\
 # Written by residency.localcloud.estate.seed_estate: the local demo estate.
 migration_id: {migration_id}
@@ -655,7 +662,12 @@ references:
     - {{table: photos, key: id, column: url}}
     - {{table: photos, key: id, column: thumbnail_url}}
     - {{table: messages, key: id, column: attachment_url}}
-{videos}revoke:
+{videos}  accepted_residual:             # references that may keep pointing at Seoul, each with the reason
+    - {{uri: "s3://{MEDIA_BUCKET}/logs/*", reason: "application logs are not media; they stay in Seoul under the log retention policy"}}
+    - {{uri: "s3://{MEDIA_BUCKET}/meta/*", reason: "album metadata (JSON) is not media and is rebuilt in Tokyo"}}
+    - {{uri: "s3://{PHOTOS_BUCKET}/meta/*", reason: "data exports (JSON) are not media; out of scope by decision"}}
+    - {{uri: "s3://{MEDIA_BUCKET}/attachments/2021/03/15/deleted/*", reason: "dangling link: the attachment was deleted in 2021; nothing to migrate"}}
+{accepted_gcs}revoke:
   - {{provider: aws, conn_id: aws_iam, user: {AFFILIATE_USER}, access_keys: [{affiliate_key}], probe_conn_id: affiliate_probe, probe_uri: s3://{PHOTOS_BUCKET}}}
 """
 
