@@ -47,7 +47,7 @@ from . import checksums, transfer
 from .errors import ObjectNotFound, StoreError
 from .ledger import CUT_OVER, FAILED, VERIFIED, Ledger, decode_row, now, objects
 from .policy import Policy, Source
-from .stores.base import Listed, Store
+from .stores.base import Listed, ObjectInfo, Store
 from .uris import parse_uri
 
 log = logging.getLogger(__name__)
@@ -245,12 +245,15 @@ def _attest_source(
         for batch in ledger.iter_unattested(mid, source.bucket_uri, stamp):
             outcomes = list(pool.map(lambda row: (row, _head_proof(row, dst_store)), batch))
             proofs = []
-            for row, (verdict, detail) in outcomes:
+            for row, (verdict, detail, info) in outcomes:
                 counts.requests["destination HEAD"] += 1
                 if verdict == "ok":
                     proofs.append((row["src_uri"], detail, None))
                     if detail == READ_BACK:
                         counts.requests["destination read back"] += 1
+                    if info is not None and not row.get("dst_etag"):
+                        # Proven by checksum: remember which object, so a listing proves it next time.
+                        ledger.update_object(mid, row["src_uri"], dst_etag=info.etag, dst_version=info.version)
                 elif verdict == "missing":
                     requeue(row, "dst_missing", detail)
                 elif verdict == "changed":
@@ -449,15 +452,21 @@ def _listing_proof(row: dict[str, Any], entry: Listed, dst_store: Store) -> str 
     return None
 
 
-def _head_proof(row: dict[str, Any], dst_store: Store) -> tuple[str, str]:
-    """``(ok, method)``, ``(missing | changed | error, reason)`` for one destination object."""
+def _head_proof(row: dict[str, Any], dst_store: Store) -> tuple[str, str, ObjectInfo | None]:
+    """``(ok, method, info)`` or ``(missing | changed | error, reason, info)`` for one destination object."""
     ref = parse_uri(row["dst_uri"], "ledger dst_uri")
     try:
         info = dst_store.stat(ref)
     except ObjectNotFound:
-        return "missing", f"the destination object {ref.uri} is gone"
+        return "missing", f"the destination object {ref.uri} is gone", None
     except StoreError as exc:
-        return "error", f"destination: {exc.reason}"
+        return "error", f"destination: {exc.reason}", None
+    verdict, detail = _proof_of(row, info, dst_store)
+    return verdict, detail, info
+
+
+def _proof_of(row: dict[str, Any], info: ObjectInfo, dst_store: Store) -> tuple[str, str]:
+    ref = info.ref
     if info.size != row["size"]:
         return "changed", f"the destination object {ref.uri} now has {info.size} bytes, {row['size']} were verified"
     if _same_object(row, info.etag, info.version):

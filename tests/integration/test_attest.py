@@ -317,3 +317,22 @@ def test_sha256_of_unproven_bytes_is_never_evidence(tmp_path, admin, make_bucket
     import hashlib
 
     assert row["dst_checksums"]["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_objects_verified_by_an_older_version_are_reproven_by_head_then_by_listing(estate):
+    """Rows without the verified destination ETag (an older ledger): a HEAD re-proves them by a checksum
+    the server computes itself (moto echoes client CRC32Cs, so only its MD5 ETag counts), and records
+    the ETag, so that the next attestation needs only the listing."""
+    assert estate.run()["complete"] is True
+    rt = pipeline.Runtime(pipeline.plan_run({"policy_path": str(estate.tmp / "policy.yaml")}, RUN,
+                                            estate.credentials), estate.credentials)
+    mid = rt.policy.migration_id
+    for row in rt.ledger.iter_objects(mid):
+        rt.ledger.update_object(mid, row["src_uri"], dst_etag=None, dst_version=None)
+    first = pipeline.attest_phase(rt)
+    methods = first["sources"][f"s3://{estate.src}"]["methods"]
+    assert methods == {"head_checksum": len(estate.keys)}
+    assert first["sources"][f"s3://{estate.src}"]["requests"]["destination HEAD"] == len(estate.keys)
+    second = pipeline.attest_phase(rt)
+    assert second["sources"][f"s3://{estate.src}"]["methods"] == {"listing_etag": len(estate.keys)}
+    assert "destination HEAD" not in second["sources"][f"s3://{estate.src}"]["requests"]
