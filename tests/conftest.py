@@ -10,10 +10,38 @@ from typing import Iterator
 import pytest
 
 from residency.clients import AwsCredentials, GcsCredentials
+from residency.ledger import Ledger
 from residency.localcloud.servers import FakeGcsServer, MotoServer
 
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
+
+#: The machine's PostgreSQL (trust auth); the ledger and application-DB tests also run on it.
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The PostgreSQL URL; the test is skipped, with the reason, only when the server does not answer."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}: {exc}")
+    return PG_URL
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """A fresh SQLite ledger (modules that also run on PostgreSQL define their own)."""
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    led.create_schema()
+    yield led
+    led.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 
 from . import checksums, transfer
 from .errors import ObjectNotFound, StoreError
-from .ledger import CUT_OVER, FAILED, VERIFIED, Ledger, decode_row, now, objects
+from .ledger import CUT_OVER, FAILED, VERIFIED, Ledger, now, objects
 from .policy import Policy, Source
 from .stores.base import Listed, ObjectInfo, Store
 from .uris import parse_uri
@@ -242,7 +242,7 @@ def _attest_source(
 
     # 2. What the listing did not prove: HEAD (and read back where the server's word is no proof).
     with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-        for batch in ledger.iter_unattested(mid, source.bucket_uri, stamp):
+        for batch in ledger.iter_unstamped(mid, source.bucket_uri, stamp):
             outcomes = list(pool.map(lambda row: (row, _head_proof(row, dst_store)), batch))
             proofs = []
             for row, (verdict, detail, info) in outcomes:
@@ -338,7 +338,7 @@ def _check_source(
         seen.clear()
 
     # Verified objects whose source key is no longer live: deleted since verification.
-    for batch in _unseen(ledger, mid, source.bucket_uri, stamp):
+    for batch in ledger.iter_unstamped(mid, source.bucket_uri, stamp, column="src_checked_at"):
         notes = []
         for row in batch:
             counts.src_gone += 1
@@ -388,27 +388,6 @@ def _mark_source_seen(ledger: Ledger, mid: str, src_uris: list[str], stamp: str)
                 .where(objects.c.src_uri.in_(src_uris[i : i + 500]))
                 .values(src_checked_at=stamp)
             )
-
-
-def _unseen(ledger: Ledger, mid: str, bucket_uri: str, stamp: str) -> Iterator[list[dict[str, Any]]]:
-    last = ""
-    while True:
-        query = (
-            sa.select(objects)
-            .where(objects.c.migration_id == mid)
-            .where(objects.c.src_bucket_uri == bucket_uri)
-            .where(objects.c.state.in_(DONE))
-            .where(sa.or_(objects.c.src_checked_at.is_(None), objects.c.src_checked_at != stamp))
-            .where(objects.c.src_uri > last)
-            .order_by(objects.c.src_uri)
-            .limit(500)
-        )
-        with ledger.engine.connect() as conn:
-            rows = [decode_row(r) for r in conn.execute(query).mappings()]
-        if not rows:
-            return
-        yield rows
-        last = rows[-1]["src_uri"]
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:

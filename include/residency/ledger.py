@@ -293,16 +293,19 @@ class Ledger:
 
     def objects_by_dst(self, migration_id: str, dst_uris: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Ledger rows by destination URI (uses the ``dst_uri`` index)."""
-        uris = list(set(dst_uris))
+        return self._objects_in(migration_id, objects.c.dst_uri, dst_uris)
+
+    def _objects_in(self, migration_id: str, column: sa.Column[Any], values: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Rows whose ``column`` is one of ``values``, keyed by it; 500 values a query."""
+        wanted = list(set(values))
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(uris), 500):
+            for i in range(0, len(wanted), 500):
                 for row in conn.execute(
-                    sa.select(objects)
-                    .where(objects.c.migration_id == migration_id)
-                    .where(objects.c.dst_uri.in_(uris[i : i + 500]))
+                    sa.select(objects).where(objects.c.migration_id == migration_id)
+                    .where(column.in_(wanted[i : i + 500]))
                 ).mappings():
-                    out[row["dst_uri"]] = decode_row(row)
+                    out[row[column.name]] = decode_row(row)
         return out
 
     def mark_attested(self, migration_id: str, stamp: str, proofs: Iterable[tuple[str, str, str | None]]) -> int:
@@ -322,8 +325,12 @@ class Ledger:
         with self.engine.begin() as conn:
             return conn.execute(stmt, params).rowcount
 
-    def iter_unattested(self, migration_id: str, src_bucket_uri: str, stamp: str, batch: int = 500) -> Iterator[list[dict[str, Any]]]:
-        """Pages of verified objects of one source that the attest run ``stamp`` has not re-proven yet."""
+    def iter_unstamped(
+        self, migration_id: str, src_bucket_uri: str, stamp: str, column: str = "attested_at", batch: int = 500
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of verified objects of one source whose ``column`` (``attested_at`` or
+        ``src_checked_at``) does not carry the attest run's ``stamp`` yet."""
+        col = objects.c[column]
         last = ""
         while True:
             query = (
@@ -331,7 +338,7 @@ class Ledger:
                 .where(objects.c.migration_id == migration_id)
                 .where(objects.c.src_bucket_uri == src_bucket_uri)
                 .where(objects.c.state.in_([VERIFIED, CUT_OVER]))
-                .where(sa.or_(objects.c.attested_at.is_(None), objects.c.attested_at != stamp))
+                .where(sa.or_(col.is_(None), col != stamp))
                 .where(objects.c.src_uri > last)
                 .order_by(objects.c.src_uri)
                 .limit(batch)
@@ -414,17 +421,7 @@ class Ledger:
         return decode_row(row) if row else None
 
     def get_objects(self, migration_id: str, src_uris: Iterable[str]) -> dict[str, dict[str, Any]]:
-        uris = list(set(src_uris))
-        out: dict[str, dict[str, Any]] = {}
-        with self.engine.connect() as conn:
-            for i in range(0, len(uris), 500):
-                for row in conn.execute(
-                    sa.select(objects)
-                    .where(objects.c.migration_id == migration_id)
-                    .where(objects.c.src_uri.in_(uris[i : i + 500]))
-                ).mappings():
-                    out[row["src_uri"]] = decode_row(row)
-        return out
+        return self._objects_in(migration_id, objects.c.src_uri, src_uris)
 
     def iter_objects(
         self, migration_id: str, states: Iterable[str] | None = None, batch: int = 1000

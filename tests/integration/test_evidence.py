@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -184,14 +183,6 @@ def _rule(ev: dict, rule: str) -> dict:
 
 def _broken(ev: dict) -> list[str]:
     return [r["id"] for r in ev["complete_rules"] if not r["holds"]]
-
-
-@pytest.fixture()
-def ledger(tmp_path: Path) -> Ledger:
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    led.create_schema()
-    yield led
-    led.dispose()
 
 
 @pytest.fixture()

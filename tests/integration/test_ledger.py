@@ -10,26 +10,12 @@ import sqlalchemy as sa
 
 from residency.ledger import GENESIS, INVENTORY_REFUSAL, VERIFIED, Ledger, record_hash
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-
-
-def _pg_available() -> bool:
-    try:
-        with sa.create_engine(PG_URL).connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'sub' / 'ledger.db'}"  # the folder is created
     else:
-        if not _pg_available():
-            pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-        url = PG_URL
+        url = request.getfixturevalue("pg_url")
     led = Ledger(url)
     led.create_schema()
     yield led

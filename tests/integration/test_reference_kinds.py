@@ -31,7 +31,6 @@ from residency.ledger import Ledger
 from residency.policy import parse_policy
 from residency.references import appdb, check_columns, cutover, rollback, scan_residual
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 DST = "tokyo-line-media"
 GDST = "tokyo-line-gcs"
 SIG = "f00dfeedc0ffee0123456789abcdef0123456789abcdef0123456789abcdef01"
@@ -78,17 +77,6 @@ STYLES = [
 ]
 
 
-def _pg_reason() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        engine.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}: {exc}"
-
-
 class AppDb:
     """An application database with uniquely named tables (the PostgreSQL one is shared)."""
 
@@ -130,22 +118,11 @@ class AppDb:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
     if request.param == "postgresql":
-        reason = _pg_reason()
-        if reason:
-            pytest.skip(reason)
-        db = AppDb(PG_URL)
+        db = AppDb(request.getfixturevalue("pg_url"))
     else:
         db = AppDb(f"sqlite:///{tmp_path / 'app.db'}")
     yield db
     db.drop()
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    led.create_schema()
-    yield led
-    led.dispose()
 
 
 MID = "kinds-test"

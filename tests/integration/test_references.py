@@ -21,7 +21,6 @@ from residency.ledger import Ledger
 from residency.policy import Policy, parse_policy
 from residency.references import CutoverResult, cutover, rollback, scan_residual
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 DST = "tokyo-line-media"
 TOKYO = "ap-northeast-1"
 UNICODE_KEY = "한국 사진/셀카 1.jpg"
@@ -78,17 +77,6 @@ def tokyo(_ref: Any) -> str:
 # -- fixtures ---------------------------------------------------------------------
 
 
-def _postgres_reachable() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        engine.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
-        return f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}: {exc}"
-
-
 @pytest.fixture
 def migration_id() -> str:
     return f"test-refs-{uuid.uuid4().hex[:12]}"  # unique: the PostgreSQL ledger is shared
@@ -97,10 +85,7 @@ def migration_id() -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path, migration_id: str) -> Iterator[Ledger]:
     if request.param == "postgresql":
-        reason = _postgres_reachable()
-        if reason:
-            pytest.skip(reason)
-        url = PG_URL
+        url = request.getfixturevalue("pg_url")
     else:
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
     led = Ledger(url)

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -93,14 +92,6 @@ class Foreign:
 @pytest.fixture
 def foreign(moto: tuple[MotoServer, AwsCredentials]) -> Foreign:
     return Foreign(*moto)
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    led.create_schema()
-    yield led
-    led.dispose()
 
 
 def make_policy(ledger: Ledger, user: str, access_keys: Any, probe_uri: str = f"s3://{BUCKET}/users/") -> Policy:
