@@ -336,3 +336,67 @@ def test_objects_verified_by_an_older_version_are_reproven_by_head_then_by_listi
     second = pipeline.attest_phase(rt)
     assert second["sources"][f"s3://{estate.src}"]["methods"] == {"listing_etag": len(estate.keys)}
     assert "destination HEAD" not in second["sources"][f"s3://{estate.src}"]["requests"]
+
+
+@pytest.mark.parametrize("status, kind", [
+    pytest.param(503, "TransientError", id="timeouts and 503s until the retries give up"),
+    pytest.param(404, "ObjectNotFound", id="404: listed, then gone before it could be read"),
+])
+def test_objects_listed_but_unreadable_through_faults_are_counted_apart(tmp_path, admin, make_bucket, moto_server,
+                                                                        status, kind):
+    """State 3 (the other causes): a HEAD that keeps failing makes the object unreadable, never skipped."""
+    from residency import inventory
+    from residency.ledger import Ledger
+    from residency.localcloud.faultproxy import FaultProxy, FaultRules
+    from residency.policy import parse_policy
+    from residency.retry import RetryPolicy
+
+    estate = Estate(tmp_path, admin, make_bucket, objects=3)
+    _put(estate.seoul, estate.src, "photos/flaky.jpg", b"\xff\xd8\xffflaky")
+    policy = parse_policy(estate.doc, path=str(tmp_path / "policy.yaml"))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'inv.db'}")
+    ledger.create_schema()
+    rules = FaultRules(error_rate=1.0, error_statuses=(status,), methods=("HEAD",), path_pattern=r"flaky\.jpg")
+    with FaultProxy(moto_server.endpoint_url) as proxy:
+        proxy.set_rules(rules)
+        via = dataclasses.replace(estate.creds, endpoint_url=proxy.endpoint_url)
+        store = S3Store(via.s3_client_factory(), service="proxy", validates_upload_checksums=False,
+                        retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02, deadline=10))
+        result = inventory.run_inventory(policy, ledger, lambda source: store)
+    counts = result.by_bucket[f"s3://{estate.src}"]
+    assert (counts["listed"], counts["in_scope"], counts["out_of_scope"], counts["unreadable"]) == (5, 3, 1, 1)
+    (unreadable,) = ledger.get_unreadable(policy.migration_id)
+    assert unreadable["src_uri"] == f"s3://{estate.src}/photos/flaky.jpg" and unreadable["reason"].startswith(kind)
+    assert ledger.get_object(policy.migration_id, unreadable["src_uri"]) is None
+
+
+def test_preflight_refuses_a_reference_key_that_is_not_unique_before_any_copy(estate):
+    """State 7, through the pipeline: nothing is inventoried or copied."""
+    engine = sa.create_engine(estate.app_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE albums (owner INTEGER, cover TEXT)")
+        conn.exec_driver_sql(f"INSERT INTO albums VALUES (1, 's3://{estate.src}/photos/000.jpg'), (1, 'x'), (NULL, 'y')")
+    engine.dispose()
+    estate.doc["references"]["columns"].append({"table": "albums", "key": "owner", "column": "cover"})
+    estate.write_policy()
+    from residency.errors import JurisdictionError
+
+    with pytest.raises(JurisdictionError) as refused:
+        estate.run()
+    assert "references.columns[1].key = 'owner'" in str(refused.value) and "is not unique" in str(refused.value)
+    assert "NULL key" in str(refused.value)
+    assert list(S3Store(estate.admin.s3_client_factory()).list_objects(estate.dst)) == []
+
+
+def test_application_database_through_a_connection(estate):
+    """The policy names the application database by connection id; the password stays in the connection."""
+    from residency.clients import DatabaseCredentials
+
+    estate.doc["references"] = {"conn_id": "app_db", "columns": estate.doc["references"]["columns"]}
+    estate.write_policy()
+    aws = estate.credentials
+    estate.credentials = lambda conn_id: (  # type: ignore[method-assign]
+        DatabaseCredentials("app_db", estate.app_url) if conn_id == "app_db" else aws(conn_id))
+    report = estate.run()
+    assert report["complete"] is True, report["problems"]
+    assert estate.urls()[0] == f"s3://{estate.dst}/{estate.src}/{estate.keys[0]}"

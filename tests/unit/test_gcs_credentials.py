@@ -172,3 +172,32 @@ def test_airflow_connection_of_another_type_is_refused(monkeypatch: pytest.Monke
     monkeypatch.setenv("AIRFLOW_CONN_NOT_GCP", json.dumps({"conn_type": "aws", "extra": {}}))
     with pytest.raises(ValueError, match="not_gcp.*'aws'.*google_cloud_platform"):
         gcs_credentials("not_gcp")
+
+
+# -- database connections (the application database and the ledger) ---------------------
+
+from residency.clients import database_from_fields  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "conn_type, fields, url",
+    [
+        pytest.param("postgres", {"host": "db", "login": "app", "password": "p@ss:w/rd", "schema": "app", "port": 5433},
+                     "postgresql+psycopg2://app:p%40ss%3Aw%2Frd@db:5433/app", id="postgres with an awkward password"),
+        pytest.param("postgres", {"host": "db", "schema": "app", "extra": {"sslmode": "require"}},
+                     "postgresql+psycopg2://db/app?sslmode=require", id="postgres trust auth with sslmode"),
+        pytest.param("sqlite", {"host": "/var/lib/app.db"}, "sqlite:////var/lib/app.db", id="sqlite file in host"),
+        pytest.param("generic", {"password": "s3cr3t", "extra": {"sqlalchemy_url": "postgresql://app@db/app"}},
+                     "postgresql://app:s3cr3t@db/app", id="any type with a sqlalchemy_url extra"),
+    ],
+)
+def test_database_connection_to_url(conn_type, fields, url):
+    creds = database_from_fields("app_db", conn_type, **fields)
+    assert creds.url == url
+    assert "s3cr3t" not in repr(creds) and "p@ss" not in repr(creds)
+    assert fields.get("password") is None or fields["password"] not in creds.safe_url
+
+
+def test_unknown_database_connection_type_names_it():
+    with pytest.raises(ValueError, match=r"connection 'app_db' has conn_type 'mssql'"):
+        database_from_fields("app_db", "mssql", host="db")
