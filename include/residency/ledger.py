@@ -62,6 +62,8 @@ objects = sa.Table(
     sa.Column("attest_note", sa.Text),  # e.g. the source was deleted since verification
     sa.Column("src_checked_at", sa.String(40)),  # stamp of the attest run whose source listing saw it unchanged
     sa.Index("ix_residency_objects_dst", "migration_id", "dst_uri"),
+    # Progress by bucket, route and state, read from the index alone (the dashboard's counts).
+    sa.Index("ix_residency_objects_progress", "migration_id", "src_bucket_uri", "route", "state"),
 )
 
 buckets = sa.Table(
@@ -138,6 +140,37 @@ phases = sa.Table(
     sa.Column("at", sa.String(40), nullable=False),
 )
 
+progress = sa.Table(
+    "residency_progress",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("migration_id", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(255)),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("phase", sa.String(32), nullable=False),  # copy | verify | attest
+    sa.Column("src_bucket_uri", sa.String(300), nullable=False),
+    sa.Column("route", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),  # copied | already_present | verified | failed | ...
+    sa.Column("objects", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Index("ix_residency_progress_at", "migration_id", "at"),
+)
+
+approvals = sa.Table(
+    "residency_approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("migration_id", sa.String(128), nullable=False, index=True),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("step", sa.String(32), nullable=False),  # cutover | revoke
+    sa.Column("decision", sa.String(16), nullable=False),  # approved | rejected | timed_out
+    sa.Column("who", sa.String(255)),
+    sa.Column("at", sa.String(40)),
+    sa.Column("comment", sa.Text),
+    sa.Column("recorded_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("migration_id", "run_id", "step", name="uq_approval_step"),
+)
+
 audit = sa.Table(
     "residency_audit",
     metadata,
@@ -165,8 +198,10 @@ def record_hash(record: Mapping[str, Any]) -> str:
 class Ledger:
     """Access to the ledger database. Cheap to construct; thread-safe engine."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, run_id: str | None = None) -> None:
         self.url = url
+        #: The DAG run this process works for: stamped on progress events.
+        self.run_id = run_id
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
@@ -527,6 +562,42 @@ class Ledger:
                 .limit(1)
             ).mappings().first()
         return dict(row, result=json.loads(row["result"])) if row else None
+
+    # -- progress events (the dashboard's throughput, ETA and timeline) ---------
+    def record_progress(self, migration_id: str, phase: str, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append counts ``{src_bucket_uri, route, outcome, objects, bytes}`` of one phase, in one transaction."""
+        stamp = now()
+        rows = [dict(e, migration_id=migration_id, run_id=self.run_id, at=stamp, phase=phase) for e in events
+                if e.get("objects")]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(progress.insert(), rows)
+
+    # -- approvals ------------------------------------------------------------
+    def record_approval(self, migration_id: str, run_id: str, step: str, decision: str, *, who: str | None,
+                        at: str | None, comment: str | None) -> bool:
+        """Record the human decision on one irreversible step of one run, once, with an
+        audit record; returns False when it was already recorded."""
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                sa.select(approvals.c.id).where(approvals.c.migration_id == migration_id)
+                .where(approvals.c.run_id == run_id).where(approvals.c.step == step)
+            ).first()
+            if found:
+                return False
+            values = {"migration_id": migration_id, "run_id": run_id, "step": step, "decision": decision,
+                      "who": who, "at": at, "comment": comment, "recorded_at": now()}
+            conn.execute(approvals.insert().values(**values))
+            self.audit(migration_id, f"approval.{step}", {k: v for k, v in values.items() if k != "migration_id"},
+                       conn=conn)
+        return True
+
+    def get_approvals(self, migration_id: str, run_id: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(approvals).where(approvals.c.migration_id == migration_id).order_by(approvals.c.id)
+        if run_id is not None:
+            query = query.where(approvals.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     # -- audit log ----------------------------------------------------------
     def audit(self, migration_id: str, event: str, data: Mapping[str, Any], conn: Connection | None = None) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class Runtime:
             )
         self.dry_run = bool(plan.get("dry_run"))
         self.credentials = credentials
-        self.ledger = Ledger(ledger_url(self.policy, credentials))
+        self.ledger = Ledger(ledger_url(self.policy, credentials), run_id=(self.plan.get("run") or {}).get("run_id"))
         self.ledger.create_schema()
         self._stores: dict[str, Store] = {}
 
@@ -402,5 +402,7 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
         "problems": report.get("problems", []),
         "reconciliation": report.get("reconciliation", {}),
     }
+    rt.ledger.record_phase(rt.policy.migration_id, "evidence", {k: summary[k] for k in (
+        "evidence_json", "evidence_html", "complete", "problems")}, run_id=rt.run_id)
     log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.evidence_json, files.complete)
     return summary

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -191,6 +192,36 @@ def _already_there(expected: dict[str, str], dst_store: Store, existing: ObjectI
 _TALLY_LOCK = threading.Lock()
 
 
+class _Progress:
+    """Counts of one phase's outcomes, flushed to the ledger's progress events every
+    ``interval`` seconds (and at the end), so the dashboard moves during a shard."""
+
+    def __init__(self, ledger: Ledger, migration_id: str, phase: str, interval: float = 3.0) -> None:
+        self.ledger, self.migration_id, self.phase, self.interval = ledger, migration_id, phase, interval
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.sizes: Counter[tuple[str, str, str]] = Counter()
+        self.lock = threading.Lock()
+        self.last = time.monotonic()
+
+    def add(self, row: dict[str, Any], outcome: str) -> None:
+        key = (row["src_bucket_uri"], row["route"], outcome)
+        with self.lock:
+            self.counts[key] += 1
+            self.sizes[key] += int(row["size"])
+            due = time.monotonic() - self.last >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            events = [{"src_bucket_uri": b, "route": r, "outcome": o, "objects": n, "bytes": self.sizes[(b, r, o)]}
+                      for (b, r, o), n in self.counts.items()]
+            self.counts.clear()
+            self.sizes.clear()
+            self.last = time.monotonic()
+        self.ledger.record_progress(self.migration_id, self.phase, events)
+
+
 def _tally(result: CopyResult | VerifyResult, **changes: Any) -> None:
     """Update a shard's counters from a worker thread (``+=`` is not atomic).
 
@@ -236,6 +267,7 @@ def copy_rows(
     result = CopyResult(shard=shard, dry_run=dry_run)
     rows = ledger.get_objects(policy.migration_id, src_uris)
     server_side = same_service(src_store, dst_store)
+    progress = _Progress(ledger, policy.migration_id, "copy")
 
     def one(src_uri: str) -> None:
         row = rows.get(src_uri)
@@ -256,12 +288,14 @@ def copy_rows(
             action, method, streamed = _copy_one(policy, row, src_store, dst_store, server_side)
         except StoreError as exc:
             _fail(result, ledger, policy, row["src_uri"], f"{type(exc).__name__}: {exc.reason}", row)
+            progress.add(row, "failed")
             return
         extra = {"src_checksums": {**row["src_checksums"], **streamed}} if streamed else {}
         ledger.update_object(
             policy.migration_id, row["src_uri"], state=COPIED, copy_action=action, copy_method=method,
             reason=None, attempts=row["attempts"] + 1, **extra,
         )
+        progress.add(row, action)
         if action == "copied":
             _tally(result, copied=1)
             _tally(result, copied_bytes=row["size"])
@@ -271,6 +305,7 @@ def copy_rows(
 
     with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
         list(pool.map(one, src_uris))
+    progress.flush()
     log.info(
         "copy shard %d summary: %d objects, %d copied (%d bytes), %d already present, %d already verified, %d failed",
         result.shard, result.objects, result.copied, result.copied_bytes, result.already_present,
@@ -476,6 +511,7 @@ def verify_rows(
     """
     result = VerifyResult(shard=shard)
     rows = ledger.get_objects(policy.migration_id, src_uris)
+    progress = _Progress(ledger, policy.migration_id, "verify")
 
     def one(src_uri: str) -> None:
         row = rows.get(src_uri)
@@ -501,12 +537,15 @@ def verify_rows(
                 "verify %s -> %s: MATCH %s %s (%s)",
                 row["src_uri"], row["dst_uri"], detail["algorithm"], detail["dst"][detail["algorithm"]], detail["method"],
             )
+            progress.add(row, "verified")
         else:
             reason = f"{verdict.value}: {detail.get('reason', '')}"
             _fail(result, ledger, policy, row["src_uri"], reason, row)
+            progress.add(row, "failed")
 
     with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
         list(pool.map(one, src_uris))
+    progress.flush()
     log.info(
         "verify shard %d summary: %d objects, %d verified (%d bytes), %d already verified, %d not copied, verdicts %s",
         result.shard, result.objects, result.verified, result.verified_bytes, result.already_verified,
