@@ -337,7 +337,140 @@ def _recheck_stamp(rt: Runtime) -> str:
     return row["result"]["stamp"]
 
 
+# -- approvals of the irreversible steps ---------------------------------------
+
+
+class ApprovalMissing(ResidencyError):
+    """An irreversible step was asked to act without a recorded approval of this run."""
+
+    permanent = True
+
+
+APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed_out"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def propose_cutover(rt: Runtime) -> dict[str, Any]:
+    """What approving the cutover will do, for the approver to read (Markdown), computed
+    without changing anything: objects re-proven per route, failures, and the
+    references a dry run of the cutover would rewrite."""
+    rt.begin("propose cutover")
+    policy, mid = rt.policy, rt.policy.migration_id
+    routes: dict[str, list[int]] = {}
+    failed = pending = 0
+    for row in rt.ledger.object_counts(mid):
+        n, size = int(row["objects"]), int(row["bytes"] or 0)
+        if row["state"] in ("verified", "cut_over"):
+            totals = routes.setdefault(row["route"], [0, 0])
+            totals[0] += n
+            totals[1] += size
+        elif row["state"] == "failed":
+            failed += n
+        else:
+            pending += n
+    lines = [
+        f"**Cutover of migration `{mid}`** (policy sha256 `{policy.sha256[:16]}`)",
+        "",
+        "Approving repoints the application's references to the domestic copies below. Nothing has been "
+        "rewritten yet.",
+        "",
+        "| route | objects verified and re-proven | bytes |",
+        "|---|---:|---:|",
+        *[f"| {r} | {n:,} | {_human_bytes(b)} |" for r, (n, b) in sorted(routes.items())],
+        "",
+        f"Failed objects: **{failed:,}**; pending: **{pending:,}** (their references stay where they are).",
+    ]
+    would: dict[str, Any] = {"rewritten": 0, "residual": 0, "residual_by_reason": {}}
+    if policy.references is not None:
+        result = references.cutover(
+            policy, rt.ledger, dst_region=_dst_region(rt), dry_run=True, database_url=rt.app_database_url(),
+            attested_since=_recheck_stamp(rt),
+        )
+        would = {"rewritten": result.rewritten, "residual": result.residual,
+                 "residual_by_reason": result.residual_by_reason, "columns": sorted(result.per_column)}
+        reasons = ", ".join(f"{k} {v:,}" for k, v in result.residual_by_reason.items()) or "none"
+        lines += ["", f"References: **{result.rewritten:,} would be rewritten** in "
+                      f"{len(result.per_column)} column(s); {result.residual:,} stay ({reasons})."]
+    else:
+        lines += ["", "The policy names no application database columns: nothing would be rewritten."]
+    lines += ["", "Rejecting stops the run: nothing is rewritten and no credential is revoked; the evidence "
+                  "records the rejection."]
+    return rt.end("propose_cutover", {"markdown": "\n".join(lines), "routes": routes, "failed": failed,
+                                      "pending": pending, "references": would})
+
+
+def propose_revoke(rt: Runtime) -> dict[str, Any]:
+    """What approving the revocation will do: every key that would be deactivated and
+    deleted, read-only (IAM listing and a probe before)."""
+    rt.begin("propose revoke")
+    mid = rt.policy.migration_id
+    lines = [f"**Revocation of foreign credentials, migration `{mid}`**", ""]
+    keys: list[dict[str, Any]] = []
+    if rt.policy.revocations:
+        result = revocation.revoke(rt.policy, rt.ledger, iam_credentials=rt.credentials,
+                                   probe_credentials=rt.credentials, dry_run=True)
+        keys = [{"user": k.user, "access_key_id": k.access_key_id, "already_revoked": k.already_revoked,
+                 "probe_allowed_now": bool(k.probe_before and k.probe_before.get("allowed"))}
+                for k in result.revocations]
+        lines += ["Approving deactivates and then deletes these access keys, then proves each revoked by a denied "
+                  "access attempt with the key itself:", "",
+                  "| IAM user | access key | state | probe now |", "|---|---|---|---|"]
+        lines += [f"| {k['user']} | `{k['access_key_id']}` | "
+                  f"{'already revoked' if k['already_revoked'] else 'active: will be revoked'} | "
+                  f"{'allowed' if k['probe_allowed_now'] else 'not probed or refused'} |" for k in keys]
+    else:
+        lines.append("The policy names no foreign principals: nothing would be revoked.")
+    lines += ["", "Rejecting stops the run before any credential changes; the evidence records the rejection."]
+    return rt.end("propose_revoke", {"markdown": "\n".join(lines), "keys": keys})
+
+
+def record_approval(rt: Runtime, step: str, response: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keep the human decision on ``step`` (an Airflow human-in-the-loop response:
+    ``chosen_options``, ``responded_by_user``, ``responded_at``, ``params_input``)
+    in the ledger and the audit chain. No response (a timeout) counts as rejected."""
+    response = dict(response or {})
+    chosen = list(response.get("chosen_options") or [])
+    user = response.get("responded_by_user") or {}
+    who = (user.get("name") or user.get("id")) if isinstance(user, Mapping) else (str(user) if user else None)
+    if not who:
+        decision = TIMED_OUT
+    else:
+        decision = APPROVED if chosen == ["Approve"] else REJECTED
+    comment = (response.get("params_input") or {}).get("comment") or None
+    at = response.get("responded_at")
+    run_id = rt.run_id or "manual"
+    rt.ledger.record_approval(rt.policy.migration_id, run_id, step, decision, who=who,
+                              at=str(at) if at else None, comment=comment)
+    log.info("approval of %s for run %s: %s by %s at %s%s", step, run_id, decision.upper(), who or "nobody (timed out)",
+             at, f" ({comment})" if comment else "")
+    return {"step": step, "decision": decision, "who": who, "at": str(at) if at else None, "comment": comment}
+
+
+def require_approval(rt: Runtime, step: str) -> None:
+    """An irreversible step acts only on an approval of this very run (a dry run changes
+    nothing and needs none).
+
+    Raises:
+        ApprovalMissing: no approval recorded, or the step was rejected or timed out.
+    """
+    if rt.dry_run:
+        return
+    decisions = [a for a in rt.ledger.get_approvals(rt.policy.migration_id, rt.run_id or "manual") if a["step"] == step]
+    if not decisions or decisions[-1]["decision"] != APPROVED:
+        what = decisions[-1]["decision"] if decisions else "no decision recorded"
+        raise ApprovalMissing(f"the {step} of run {rt.run_id} needs an approval first ({what}): nothing was changed")
+
+
 def cutover(rt: Runtime) -> dict[str, Any]:
+    require_approval(rt, "cutover")
     if rt.policy.references is None:
         return rt.end("cutover", {"skipped": "the policy names no reference columns"})
     rt.begin("cutover", f" columns {', '.join(c.label for c in rt.policy.references.columns)}")
@@ -349,6 +482,7 @@ def cutover(rt: Runtime) -> dict[str, Any]:
 
 
 def revoke(rt: Runtime) -> dict[str, Any]:
+    require_approval(rt, "revoke")
     if not rt.policy.revocations:
         return rt.end("revoke", {"skipped": "the policy names no principals"})
     rt.begin("revoke", f" principals {', '.join(p.user for p in rt.policy.revocations)}")
@@ -379,6 +513,8 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     """
     rt.begin("evidence")
     out_dir = Path(rt.plan.get("evidence_dir") or Path(rt.policy.control_dir) / rt.policy.migration_id / "evidence")
+    if rt.dry_run:
+        return _write_plan(rt, run, out_dir)
     residual = None
     if rt.policy.references is not None:
         latest = rt.ledger.latest_phase(rt.policy.migration_id, "attest")
@@ -392,7 +528,7 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
     files = evidence.write_evidence(
         rt.policy, rt.ledger, out_dir, run={**dict(run), "dry_run": rt.dry_run}, software=software_versions(),
-        residual=residual,
+        residual=residual, approvals=rt.ledger.get_approvals(rt.policy.migration_id, rt.run_id or "manual"),
     )
     report = files.evidence
     summary = {
@@ -405,4 +541,24 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     rt.ledger.record_phase(rt.policy.migration_id, "evidence", {k: summary[k] for k in (
         "evidence_json", "evidence_html", "complete", "problems")}, run_id=rt.run_id)
     log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.evidence_json, files.complete)
+    return summary
+
+
+def _write_plan(rt: Runtime, run: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """A dry run's report is a plan (never a verdict): what a real run would do and spend."""
+    methods = {}
+    for source in rt.policy.sources:
+        src, dst = rt.stores_for(source)
+        methods[source.bucket_uri] = {
+            "method": "server_side" if transfer.same_service(src, dst) else "streamed",
+            "read_back": not dst.capabilities.validates_upload_checksums,
+        }
+    json_path, html_path, plan = evidence.write_plan(rt.policy, rt.ledger, out_dir, run={**dict(run), "dry_run": True},
+                                                     methods=methods)
+    summary = {"kind": "plan", "evidence_json": str(json_path), "evidence_html": str(html_path), "complete": False,
+               "problems": [], "objects_to_copy": plan["objects_to_copy"], "bytes_to_copy": plan["bytes_to_copy"],
+               "requests_per_object": plan["requests_estimate"]["per_object"]}
+    rt.ledger.record_phase(rt.policy.migration_id, "evidence", summary, run_id=rt.run_id)
+    log.info("END evidence: a PLAN (dry run) for %s -> %s: %d objects, %d bytes would be copied",
+             rt.policy.migration_id, json_path, plan["objects_to_copy"], plan["bytes_to_copy"])
     return summary

@@ -196,6 +196,18 @@ class Principal:
     probe_uri: str | None  # what the probe tries to read
 
 
+#: The irreversible steps a human approves in the Airflow UI before they happen.
+APPROVAL_STEPS = ("cutover", "revoke")
+
+
+@dataclass(frozen=True)
+class ApprovalRule:
+    """Who may approve one step, and how long the step waits before it counts as rejected."""
+
+    approvers: tuple[str, ...] = ()  # Airflow user ids; empty: any user allowed to answer
+    timeout_hours: float | None = None  # None: wait as long as it takes
+
+
 @dataclass(frozen=True)
 class Policy:
     path: str
@@ -211,6 +223,7 @@ class Policy:
     control_dir: str
     ledger_url: str | None
     ledger_conn_id: str | None = None
+    approvals: Mapping[str, ApprovalRule] = field(default_factory=lambda: {s: ApprovalRule() for s in APPROVAL_STEPS})
 
     def destination_for(self, source: Source) -> Destination:
         return self.destinations[source.to]
@@ -246,7 +259,7 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
         raise PolicyError("(root)", type(doc).__name__, "the policy must be a mapping")
     _no_unknown(doc, "", {
         "migration_id", "home_jurisdiction", "sources", "destinations", "selection",
-        "transfer", "references", "revoke", "control_dir", "ledger_url", "ledger_conn_id",
+        "transfer", "references", "revoke", "control_dir", "ledger_url", "ledger_conn_id", "approvals",
     })
     base = Path(path).parent if path != "<memory>" else Path.cwd()
 
@@ -282,8 +295,38 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
         path=path, sha256=sha256, migration_id=migration_id, home_jurisdiction=home,
         sources=sources, destinations=destinations, selection=selection, transfer=transfer,
         references=references, revocations=principals, control_dir=str(control), ledger_url=ledger_url,
-        ledger_conn_id=ledger_conn_id,
+        ledger_conn_id=ledger_conn_id, approvals=_approvals(doc.get("approvals") or {}),
     )
+
+
+_USER = re.compile(r"^[\w.@+-]{1,128}$")
+
+
+def _approval_rule(raw: Mapping[str, Any], prefix: str, base: ApprovalRule) -> ApprovalRule:
+    approvers = raw.get("approvers", list(base.approvers))
+    if not isinstance(approvers, list) or not all(isinstance(a, str) and _USER.match(a) for a in approvers):
+        raise PolicyError(f"{prefix}approvers", approvers, "expected a list of Airflow user ids")
+    timeout = raw.get("timeout_hours", base.timeout_hours)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= 24 * 90):
+        raise PolicyError(f"{prefix}timeout_hours", timeout, "expected hours, more than 0 and at most 2160 (90 days)")
+    return ApprovalRule(tuple(approvers), float(timeout) if timeout is not None else None)
+
+
+def _approvals(raw: Any) -> dict[str, ApprovalRule]:
+    """``approvals: {approvers, timeout_hours, cutover: {...}, revoke: {...}}``: defaults, then per step."""
+    if not isinstance(raw, dict):
+        raise PolicyError("approvals", raw, "expected a mapping")
+    _no_unknown(raw, "approvals.", {"approvers", "timeout_hours", *APPROVAL_STEPS})
+    default = _approval_rule(raw, "approvals.", ApprovalRule())
+    out = {}
+    for step in APPROVAL_STEPS:
+        item = raw.get(step) or {}
+        if not isinstance(item, dict):
+            raise PolicyError(f"approvals.{step}", item, "expected a mapping")
+        _no_unknown(item, f"approvals.{step}.", {"approvers", "timeout_hours"})
+        out[step] = _approval_rule(item, f"approvals.{step}.", default)
+    return out
 
 
 def redact_db_url(url: str) -> str:

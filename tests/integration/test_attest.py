@@ -78,6 +78,14 @@ class Estate:
         }
         self.doc.update(policy_extra)
         self.write_policy()
+        self.decisions: dict[str, str] = {}  # step -> "Approve" | "Reject"
+        self.proposals: dict[str, Any] = {}
+
+    def approval(self, step: str) -> dict[str, Any]:
+        """What Airflow's human-in-the-loop response would carry (the test plays the approver)."""
+        option = self.decisions.get(step, "Approve")
+        return {"chosen_options": [option], "responded_by_user": {"id": "test-approver", "name": "test-approver"},
+                "responded_at": "2026-11-22T00:00:00+00:00", "params_input": {"comment": f"{option} in a test"}}
 
     def write_policy(self) -> None:
         (self.tmp / "policy.yaml").write_text(yaml.safe_dump(self.doc))
@@ -107,7 +115,11 @@ class Estate:
             for shard in shards:
                 phase("verify", pipeline.verify_shard, rt, shard)
             phase("recheck", pipeline.recheck, rt)
+            self.proposals["cutover"] = phase("propose_cutover", pipeline.propose_cutover, rt)
+            phase("approve_cutover", pipeline.record_approval, rt, "cutover", self.approval("cutover"))
             phase("cutover", pipeline.cutover, rt)
+            self.proposals["revoke"] = phase("propose_revoke", pipeline.propose_revoke, rt)
+            phase("approve_revoke", pipeline.record_approval, rt, "revoke", self.approval("revoke"))
             phase("revoke", pipeline.revoke, rt)
             phase("attest", pipeline.attest_phase, rt)
         except _Stop:
@@ -400,3 +412,56 @@ def test_application_database_through_a_connection(estate):
     report = estate.run()
     assert report["complete"] is True, report["problems"]
     assert estate.urls()[0] == f"s3://{estate.dst}/{estate.src}/{estate.keys[0]}"
+
+
+
+def test_proposals_say_what_approving_will_do_and_a_rejection_changes_nothing(estate):
+    estate.decisions["cutover"] = "Reject"
+    from residency.pipeline import ApprovalMissing
+
+    with pytest.raises(ApprovalMissing, match="needs an approval first \\(rejected\\): nothing was changed"):
+        estate.run()
+    proposal = estate.proposals["cutover"]
+    assert proposal["references"]["rewritten"] == len(estate.keys)
+    assert proposal["routes"] == {"s3->s3": [len(estate.keys), sum(1000 + i + 3 for i in range(len(estate.keys)))]}
+    assert f"{len(estate.keys)} would be rewritten" in proposal["markdown"] and "| s3->s3 |" in proposal["markdown"]
+    assert estate.urls()[0] == f"s3://{estate.src}/{estate.keys[0]}"  # nothing was rewritten
+
+    # What the DAG does after a rejection: the later steps are skipped, the evidence says why.
+    rt = pipeline.Runtime(pipeline.plan_run({"policy_path": str(estate.tmp / "policy.yaml"),
+                                             "evidence_dir": str(estate.tmp / "evidence")}, RUN, estate.credentials),
+                          estate.credentials)
+    pipeline.attest_phase(rt)
+    report = pipeline.write_evidence(rt, RUN)
+    ev = estate.evidence()
+    assert report["complete"] is False
+    assert ev["approvals"] == [{"step": "cutover", "decision": "rejected", "who": "test-approver",
+                                "when": "2026-11-22T00:00:00+00:00", "comment": "Reject in a test"}]
+    assert any("The cutover was rejected by test-approver" in p for p in ev["problems"])
+    events = [r["event"] for r in rt.ledger.audit_records(rt.policy.migration_id)]
+    assert "approval.cutover" in events and "cutover.done" not in events
+
+
+def test_a_dry_run_writes_a_plan_and_asks_no_approval(estate):
+    plan = pipeline.plan_run({"policy_path": str(estate.tmp / "policy.yaml"), "dry_run": True,
+                              "evidence_dir": str(estate.tmp / "plan")}, RUN, estate.credentials)
+    rt = pipeline.Runtime(plan, estate.credentials)
+    placements = pipeline.preflight(rt)["placements"]
+    for shard in pipeline.run_inventory(rt, placements)["shards"]:
+        pipeline.copy_shard(rt, shard)
+        pipeline.verify_shard(rt, shard)
+    pipeline.recheck(rt)
+    pipeline.cutover(rt)  # no approval needed: nothing changes
+    pipeline.revoke(rt)
+    pipeline.attest_phase(rt)
+    report = pipeline.write_evidence(rt, RUN)
+    assert report["kind"] == "plan" and report["objects_to_copy"] == len(estate.keys)
+    doc = json.loads((estate.tmp / "plan" / "plan.json").read_text())
+    assert doc["kind"] == "plan" and "complete" not in doc and "proves nothing" in doc["statement"]
+    assert doc["routes"]["s3->s3"]["server_side_objects"] == len(estate.keys)
+    assert doc["references"]["would_rewrite"] == len(estate.keys) and doc["references"]["would_stay"] == 0
+    assert doc["requests_estimate"]["per_object"] > 0 and doc["bytes_on_the_wire"]["through_the_worker"] == 0
+    page = (estate.tmp / "plan" / "plan.html").read_text()
+    assert "PLAN (dry run)" in page and "COMPLETE" not in page
+    assert list(S3Store(estate.admin.s3_client_factory()).list_objects(estate.dst)) == []
+    assert estate.urls()[0] == f"s3://{estate.src}/{estate.keys[0]}"

@@ -114,6 +114,10 @@ def test_good_policy_parses(tmp_path):
         pytest.param("references.hosts", [{"host": "cdn.example.kr", "bucket": "s3://seoul-line-photos/p"}],
                      "references.hosts[0].bucket", id="cdn bucket with a key"),
         pytest.param("references.conn_id", "app_db", "references.database_url", id="conn id and url both"),
+        pytest.param("approvals", {"approvers": "alice"}, "approvals.approvers", id="approvers not a list"),
+        pytest.param("approvals", {"cutover": {"timeout_hours": 0}}, "approvals.cutover.timeout_hours",
+                     id="timeout not positive"),
+        pytest.param("approvals", {"purge": {}}, "approvals.purge", id="unknown approval step"),
     ],
 )
 def test_bad_field_is_named_with_its_value(path, value, field):
@@ -228,3 +232,13 @@ def test_shipped_example_policy_is_valid():
     policy = load_policy(example)
     assert policy.migration_id == "line-media-jp"
     assert policy.revocations[0].access_keys is None  # "all"
+
+
+
+def test_approvals_default_then_per_step():
+    doc = copy.deepcopy(GOOD)
+    doc["approvals"] = {"approvers": ["alice"], "timeout_hours": 48, "revoke": {"approvers": ["carol", "dave"]}}
+    policy = parse_policy(doc)
+    assert policy.approvals["cutover"].approvers == ("alice",) and policy.approvals["cutover"].timeout_hours == 48
+    assert policy.approvals["revoke"].approvers == ("carol", "dave") and policy.approvals["revoke"].timeout_hours == 48
+    assert parse_policy(GOOD).approvals["cutover"].approvers == ()  # default: any user allowed to answer

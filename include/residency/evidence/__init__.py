@@ -7,7 +7,8 @@
 """
 
 from .chain import AUDIT_FILE, AuditChainBroken, ChainHead, export_audit_log, verify_audit_log
-from .html import render_html
+from .html import render_html, render_plan
+from .plan import build_plan, write_plan
 from .report import (
     COMPLETE_RULES, EVIDENCE_HTML, EVIDENCE_JSON, FAILURES_CAP, OBJECTS_FILE, EvidenceFiles, ObjectsExport,
     build_evidence, export_objects, load_schema, validate_evidence, write_evidence,
@@ -17,4 +18,5 @@ __all__ = [
     "AUDIT_FILE", "COMPLETE_RULES", "EVIDENCE_HTML", "EVIDENCE_JSON", "FAILURES_CAP", "OBJECTS_FILE",
     "AuditChainBroken", "ChainHead", "EvidenceFiles", "ObjectsExport", "build_evidence", "export_audit_log",
     "export_objects", "load_schema", "render_html", "validate_evidence", "verify_audit_log", "write_evidence",
+    "build_plan", "render_plan", "write_plan",
 ]

@@ -49,6 +49,11 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def render_plan(plan: Mapping[str, Any]) -> str:
+    """The page of a dry run's plan (see :mod:`.plan`)."""
+    return _environment().get_template("plan.html.j2").render(plan=plan)
+
+
 def render_html(evidence: Mapping[str, Any]) -> str:
     """The page for one evidence document (as :func:`~.report.build_evidence` returns it)."""
     return _environment().get_template("evidence.html.j2").render(

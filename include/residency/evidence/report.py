@@ -415,6 +415,7 @@ def build_evidence(
 
     references = _references(policy, ledger, mid, phases, residual, verdict)
     revocations = _revocations(policy, ledger, mid, verdict)
+    decisions = _approvals(approvals, verdict)
 
     # -- files, run
     if audit_head.records == 0:
@@ -454,7 +455,7 @@ def build_evidence(
         "attestation": attestation,
         "references": references,
         "revocations": revocations,
-        "approvals": [_jsonable(dict(a)) for a in approvals],
+        "approvals": decisions,
         "audit_log": {"file": AUDIT_FILE, "records": audit_head.records, "head": audit_head.head},
         "objects_file": objects_file,
         "objects_sample": _sample(ledger, mid),
@@ -697,6 +698,24 @@ def _revocations(policy: Policy, ledger: Ledger, mid: str, verdict: _Verdict) ->
     return {"all_proven": bool(records) and all(r["proof"]["status"] == "proven" for r in records),
             "all_denied": all(r["proof"]["denied"] is True for r in records),
             "records": records}
+
+
+def _approvals(approvals: Sequence[Mapping[str, Any]], verdict: _Verdict) -> list[dict[str, Any]]:
+    """The human decisions on the irreversible steps of this run; a rejection (or a
+    timeout) stops the step, and the rule it belongs to says so."""
+    out = []
+    for a in approvals:
+        who = a.get("who") or "nobody (the request timed out)"
+        when = str(a.get("at") or a.get("when") or a.get("recorded_at") or "")
+        entry = {"step": str(a.get("step")), "decision": str(a.get("decision")), "who": who, "when": when or "unknown",
+                 "comment": a.get("comment")}
+        out.append(entry)
+        if entry["decision"] != "approved":
+            rule = "references" if entry["step"] == "cutover" else "revocation"
+            said = f" with the comment {entry['comment']!r}" if entry["comment"] else ""
+            verdict.fail(rule, f"The {entry['step']} was {entry['decision'].replace('_', ' ')} by {who} at "
+                               f"{entry['when']}{said}: it did not happen.")
+    return out
 
 
 def _jsonable(value: Any) -> Any:
