@@ -14,7 +14,7 @@ export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/dags
 # Python clients honour AWS_CA_BUNDLE; the local cloud is plain HTTP on loopback.
 unexport AWS_PROFILE
 
-.PHONY: demo test unit bench install airflow-db clean
+.PHONY: demo ui test unit bench install airflow-db clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ airflow-db: $(AIRFLOW_HOME)/airflow.db
 
 demo: install airflow-db
 	$(BIN)/python scripts/demo.py
+
+# The Airflow UI on the local cloud with the demo estate, until Ctrl-C; `make ui UI_ARGS=--trigger` also starts a run.
+ui: install airflow-db
+	$(BIN)/python scripts/ui.py $(UI_ARGS)
 
 test: install airflow-db
 	$(BIN)/python -m pytest
