@@ -14,17 +14,22 @@ all of it, and writes an evidence report for auditors.
 | `copy_shard` | one mapped instance per shard: server-side copy (multipart above the threshold), or streamed, resumable |
 | `verify_shard` | one mapped instance per shard: a checksum both sides truly have, or a read-back |
 | `recheck` | re-proves every verified object now (destination listing, source version); repairs what changed; runs even when nothing is in scope |
-| `cutover` | rewrites references to re-proven objects only, journaled |
+| `propose_cutover` | what approving the cutover will do: objects re-proven per route, failures, references a dry run would rewrite |
+| `approve_cutover` | **waits for a human** (Required actions in the UI, or the REST API); the policy names who and how long |
+| `cutover` | rewrites references to re-proven objects only, journaled; refuses without this run's approval |
+| `propose_revoke` | the access keys that would be revoked, probed read-only |
+| `approve_revoke` | **waits for a human**; rejecting stops the run with nothing revoked |
 | `revoke` | deactivates and deletes the foreign access keys; proves each with a denied probe |
 | `attest` | re-proves, right before the evidence, everything the evidence will count as migrated |
-| `evidence` | scans the application's references now; `evidence.json`, `evidence.html`, `audit.jsonl`, `objects.jsonl` |
-| `check_complete` | fails the run, with the reasons rule by rule, unless the evidence is COMPLETE |
+| `evidence` | scans the application's references now; `evidence.json`, `evidence.html`, `audit.jsonl`, `objects.jsonl` (a dry run writes `plan.json` / `plan.html` instead) |
+| `check_complete` | fails the run unless the evidence is COMPLETE, and puts the reasons on the run's note |
 
 Re-running is safe: the ledger remembers each object, so a re-run copies
 nothing twice, resumes where the last one stopped, and re-proves everything.
-`dry_run` inventories and reports what would happen without copying, rewriting
-or revoking. Errors no retry can fix (a policy mistake, a refusal) fail the task
-at once; transient ones are retried.
+`dry_run` inventories and writes a plan of what would happen (green, labelled a
+plan) without copying, rewriting, revoking or asking for approvals. Errors no
+retry can fix (a policy mistake, a refusal) fail the task at once; transient ones
+are retried. Rejecting an approval skips the steps after it; the evidence says so.
 
 Engine: `include/residency` (no Airflow inside). Docs: README.md.
 """
@@ -36,9 +41,12 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from residency_airflow import fail_fast, run_info, runtime
+from residency_airflow import fail_fast, run_info, runtime, set_run_note
+from residency_airflow.approvals import PolicyApprovalOperator
 
 DEFAULT_POLICY = os.environ.get("RESIDENCY_POLICY", "/opt/airflow/include/policies/example.yaml")
+SHARD_LABEL = ("shard {{ '%05d' % task.op_kwargs['shard']['shard'] }} {{ task.op_kwargs['shard']['source'] }} "
+               "({{ task.op_kwargs['shard']['objects'] }} objects)")
 
 
 @dag(
@@ -82,19 +90,19 @@ def residency_migration():
         with fail_fast():
             return run_inventory(runtime(plan), placements)["shards"]
 
-    @task(map_index_template="{{ shard_label }}")
+    # The label is rendered from the mapped argument itself, so the UI names each
+    # shard (bucket and number) as soon as it starts, not only when it ends.
+    @task(map_index_template=SHARD_LABEL)
     def copy_shard(plan: dict, shard: dict) -> dict:
-        from residency.pipeline import copy_shard as run, shard_label
+        from residency.pipeline import copy_shard as run
 
-        get_current_context()["shard_label"] = shard_label(shard)
         with fail_fast():
             return run(runtime(plan), shard)
 
-    @task(map_index_template="{{ shard_label }}")
+    @task(map_index_template=SHARD_LABEL)
     def verify_shard(plan: dict, shard: dict) -> dict:
-        from residency.pipeline import shard_label, verify_shard as run
+        from residency.pipeline import verify_shard as run
 
-        get_current_context()["shard_label"] = shard_label(shard)
         with fail_fast():
             return run(runtime(plan), shard)
 
@@ -103,6 +111,20 @@ def residency_migration():
     @task(trigger_rule="none_failed")
     def recheck(plan: dict) -> dict:
         from residency.pipeline import recheck as run
+
+        with fail_fast():
+            return run(runtime(plan))
+
+    @task
+    def propose_cutover(plan: dict) -> dict:
+        from residency.pipeline import propose_cutover as run
+
+        with fail_fast():
+            return run(runtime(plan))
+
+    @task
+    def propose_revoke(plan: dict) -> dict:
+        from residency.pipeline import propose_revoke as run
 
         with fail_fast():
             return run(runtime(plan))
@@ -138,10 +160,16 @@ def residency_migration():
     def check_complete(report: dict) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
+        if report.get("kind") == "plan":
+            set_run_note(f"PLAN (dry run): {report['objects_to_copy']:,} objects, {report['bytes_to_copy']:,} bytes "
+                         f"would be copied; see {report['evidence_html']}")
+            return
         if not report["complete"]:
+            set_run_note("INCOMPLETE: " + "; ".join(report["problems"]) + f" (evidence: {report['evidence_html']})")
             raise AirflowFailException(
                 "migration not complete: " + "; ".join(report["problems"]) + f" (evidence: {report['evidence_json']})"
             )
+        set_run_note(f"COMPLETE: every rule of the evidence holds ({report['evidence_html']})")
 
     the_plan = plan()
     shards = inventory(the_plan, preflight(the_plan))
@@ -151,10 +179,18 @@ def residency_migration():
     rechecked = recheck(the_plan)
     verified >> rechecked
     shards >> rechecked
+    cut_proposal = propose_cutover(the_plan)
+    rechecked >> cut_proposal
+    approve_cutover = PolicyApprovalOperator(task_id="approve_cutover", step="cutover",
+                                             proposal_task_id="propose_cutover", retries=0)
     cut = cutover(the_plan)
-    rechecked >> cut
+    cut_proposal >> approve_cutover >> cut
+    revoke_proposal = propose_revoke(the_plan)
+    cut >> revoke_proposal
+    approve_revoke = PolicyApprovalOperator(task_id="approve_revoke", step="revoke",
+                                            proposal_task_id="propose_revoke", retries=0)
     revoked = revoke(the_plan)
-    cut >> revoked
+    revoke_proposal >> approve_revoke >> revoked
     attested = attest(the_plan)
     revoked >> attested
     report = evidence(the_plan)

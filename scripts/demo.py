@@ -1,10 +1,15 @@
-"""`make demo`: a whole Seoul -> Tokyo migration on the local cloud.
+"""`make demo`: a whole Seoul -> Tokyo migration on the local cloud and a real Airflow.
 
 Starts moto server on loopback (S3, IAM, STS, with IAM enforcement on) and
 fake-gcs-server (GCS), seeds the overseas estate (S3 and GCS buckets, routed
-s3->s3, s3->gs, gs->gs and gs->s3) and the application database, runs the `residency_migration`
-DAG with `airflow dags test`, prints a summary, writes demo-output/, stops what it
-started, and exits non-zero unless the migration fully succeeded.
+s3->s3, s3->gs, gs->gs and gs->s3) and the application database, starts a local
+Airflow deployment (API server, scheduler with LocalExecutor, DAG processor,
+triggerer), triggers the `residency_migration` DAG through the REST API and
+answers its two approvals (cutover, revocation) through the REST API as the named
+user `demo-approver`, the same path a manager's click in the UI takes. Then it
+prints a summary, writes demo-output/ (the evidence and every task's log, fetched
+through the API), stops what it started, and exits non-zero unless the migration
+fully succeeded.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from residency.localcloud.dagrun import run_dag_test  # noqa: E402
+from residency.localcloud.deployment import AirflowDeployment  # noqa: E402
 from residency.localcloud.estate import seed_estate  # noqa: E402
 from residency.localcloud.servers import FakeGcsServer, MotoServer  # noqa: E402
+
+DAG_ID = "residency_migration"
+APPROVER = "demo-approver"
+NOTE_CONN_ID = "residency_airflow_api"  # residency_airflow.NOTE_CONN_ID, without importing Airflow here
 
 OUT = ROOT / "demo-output"
 WORK = ROOT / ".localcloud" / "demo"
@@ -56,20 +65,18 @@ def main() -> int:
             f"({human(estate.media_bytes)}), {estate.other_objects} non-media objects, "
             f"{estate.references} URL references in {estate.app_db_url}"
         )
-        print(f"running DAG residency_migration (task logs: {OUT / 'dag-run.log'}) ...")
-        t0 = time.monotonic()
-        outcome = run_dag_test(
-            "residency_migration",
-            {"policy_path": str(estate.policy_path), "evidence_dir": str(OUT), "dry_run": False},
-            env=estate.connection_env(),
-            log_path=OUT / "dag-run.log",
-        )
-        dag_seconds = time.monotonic() - t0
+        print("starting a local Airflow (API server, scheduler, DAG processor, triggerer) ...")
+        with AirflowDeployment(WORK / "airflow", dags_folder=ROOT / "dags", plugins_folder=ROOT / "plugins",
+                               env={**estate.connection_env(), "RESIDENCY_POLICY": str(estate.policy_path)},
+                               wait_for_dags=[DAG_ID], api_connections={NOTE_CONN_ID: "manager"}) as airflow:
+            print(f"Airflow at {airflow.base_url} ({airflow.backend} metadata); triggering {DAG_ID} ...")
+            t0 = time.monotonic()
+            outcome = _run(airflow, estate)
+            dag_seconds = time.monotonic() - t0
 
     evidence_path = OUT / "evidence.json"
     if not evidence_path.exists():
-        print(f"FAILED: no evidence was written; DAG run state {outcome.state}; see {outcome.log_path}")
-        print("\n".join(outcome.log_path.read_text(errors="replace").splitlines()[-40:]))
+        print(f"FAILED: no evidence was written; DAG run state {outcome['state']}; task logs in {OUT / 'task-logs'}")
         return 1
     evidence = json.loads(evidence_path.read_text())
     rec = evidence["reconciliation"]
@@ -115,17 +122,51 @@ def main() -> int:
     for rev in evidence.get("revocations", {}).get("records", []):
         proof = rev["proof"]
         print(f"  revoked {rev['principal']} key {rev['credential_id']}: {proof.get('status')} ({proof.get('reason')})")
+    for approval in evidence.get("approvals", []):
+        print(f"  approval of the {approval['step']}: {approval['decision']} by {approval['who']} at {approval['when']}")
     print(f"  audit log: {evidence['audit_log']['records']} records, chain head {evidence['audit_log']['head'][:16]}")
     print(f"evidence: {OUT / 'evidence.json'}  {OUT / 'evidence.html'}")
-    print(f"DAG run: {outcome.state} in {dag_seconds:.0f}s; demo total {time.monotonic() - started:.0f}s")
+    print(f"DAG run {outcome['run_id']}: {outcome['state']} in {dag_seconds:.0f}s; demo total "
+          f"{time.monotonic() - started:.0f}s; run note: {outcome['note']!r}")
     for rule in evidence.get("complete_rules", []):
         print(f"  rule {rule['id']:<12} {'holds' if rule['holds'] else 'FAILS: ' + '; '.join(rule['problems'])}")
-    if not outcome.succeeded or not evidence.get("complete"):
-        print("MIGRATION NOT COMPLETE:", "; ".join(evidence.get("problems", [])) or f"DAG run {outcome.state}",
-              f"failed tasks: {', '.join(outcome.failed_tasks) or '-'}")
+    if outcome["state"] != "success" or not evidence.get("complete"):
+        print("MIGRATION NOT COMPLETE:", "; ".join(evidence.get("problems", [])) or f"DAG run {outcome['state']}",
+              f"failed tasks: {', '.join(outcome['failed']) or '-'}")
         return 1
     print("MIGRATION COMPLETE")
     return 0
+
+
+def _run(airflow: AirflowDeployment, estate) -> dict:
+    """Trigger the DAG as ``manager``, answer each approval as ``demo-approver`` through
+    the REST API (printing what it approved), wait for the end, fetch every task's log."""
+    manager, approver = airflow.api("manager"), airflow.api(APPROVER)
+    run_id = manager.trigger(DAG_ID, {"policy_path": str(estate.policy_path), "evidence_dir": str(OUT),
+                                      "dry_run": False})
+    answered: set[str] = set()
+
+    def answer(_api, _run) -> None:
+        for request in approver.pending_approvals(DAG_ID, run_id):
+            task_id = request["task_instance"]["task_id"]
+            if task_id in answered:
+                continue
+            approver.respond(DAG_ID, run_id, task_id, "Approve",
+                             {"comment": "approved unattended by make demo"}, request["task_instance"]["map_index"])
+            answered.add(task_id)
+            print(f"  {task_id}: \"{request.get('subject')}\" approved through Airflow's REST API as {APPROVER!r}")
+
+    state = manager.wait_for_run(DAG_ID, run_id, timeout=1800, on_poll=answer)
+    tasks = manager.task_instances(DAG_ID, run_id)
+    logs = OUT / "task-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        if t["state"] in ("success", "failed") and t["try_number"]:
+            name = t["task_id"] + (f"-{t['map_index']:03d}" if t["map_index"] >= 0 else "")
+            (logs / f"{name}.log").write_text(
+                manager.task_log(DAG_ID, run_id, t["task_id"], t["try_number"], t["map_index"]), encoding="utf-8")
+    return {"run_id": run_id, "state": state, "note": manager.run_note(DAG_ID, run_id),
+            "failed": sorted({t["task_id"] for t in tasks if t["state"] == "failed"})}
 
 
 if __name__ == "__main__":

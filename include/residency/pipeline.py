@@ -532,6 +532,7 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     )
     report = files.evidence
     summary = {
+        "kind": "evidence",
         "evidence_json": str(files.evidence_json),
         "evidence_html": str(files.evidence_html),
         "complete": files.complete,
@@ -539,7 +540,7 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
         "reconciliation": report.get("reconciliation", {}),
     }
     rt.ledger.record_phase(rt.policy.migration_id, "evidence", {k: summary[k] for k in (
-        "evidence_json", "evidence_html", "complete", "problems")}, run_id=rt.run_id)
+        "kind", "evidence_json", "evidence_html", "complete", "problems")}, run_id=rt.run_id)
     log.info("END evidence: %s -> %s (complete=%s)", rt.policy.migration_id, files.evidence_json, files.complete)
     return summary
 

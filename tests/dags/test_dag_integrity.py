@@ -32,8 +32,9 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_residency_migration_shape(dagbag):
     dag = dagbag.dags["residency_migration"]
     assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
-    order = ["plan", "preflight", "inventory", "copy_shard", "verify_shard", "recheck", "cutover", "revoke", "attest",
-             "evidence", "check_complete"]
+    order = ["plan", "preflight", "inventory", "copy_shard", "verify_shard", "recheck", "propose_cutover",
+             "approve_cutover", "cutover", "propose_revoke", "approve_revoke", "revoke", "attest", "evidence",
+             "check_complete"]
     assert set(order) == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
@@ -47,6 +48,16 @@ def test_residency_migration_shape(dagbag):
     assert dag.get_task("attest").trigger_rule == "none_failed_min_one_success"
     assert "inventory" in dag.get_task("recheck").upstream_task_ids
     assert dag.max_active_runs == 1
+    # The irreversible steps wait for a human, directly, with no retry that would ask twice.
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    for step in ("cutover", "revoke"):
+        approval = dag.get_task(f"approve_{step}")
+        assert isinstance(approval, ApprovalOperator) and approval.retries == 0
+        assert dag.get_task(step).upstream_task_ids - {"plan"} == {f"approve_{step}"}
+        assert approval.defaults == ["Reject"]  # a timeout rejects
+        assert "comment" in approval.params
+    assert "shard" in dag.get_task("copy_shard").map_index_template  # named from the mapped argument
 
 
 def test_engine_does_not_import_airflow():
