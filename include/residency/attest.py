@@ -45,7 +45,7 @@ import sqlalchemy as sa
 
 from . import checksums, transfer
 from .errors import ObjectNotFound, StoreError
-from .ledger import CUT_OVER, FAILED, VERIFIED, Ledger, now, objects
+from .ledger import CUT_OVER, FAILED, VERIFIED, Ledger, now, objects, parse_time
 from .policy import Policy, Source
 from .stores.base import Listed, ObjectInfo, Store
 from .uris import parse_uri
@@ -309,7 +309,7 @@ def _check_source(
 ) -> None:
     mid = policy.migration_id
     bucket = next((b for b in ledger.get_buckets(mid) if b["bucket_uri"] == source.bucket_uri), None)
-    inventoried = _parse_time(bucket.get("inventoried_at")) if bucket else None
+    inventoried = parse_time(bucket.get("inventoried_at")) if bucket else None
     counts.arrival_checked = inventoried is not None
     unreadable = {u["src_uri"] for u in ledger.get_unreadable(mid) if u["src_bucket_uri"] == source.bucket_uri}
     candidates: list[Listed] = []
@@ -322,7 +322,7 @@ def _check_source(
         for entry in page:
             row = rows.get(entry.ref.uri)
             if row is None:
-                modified = _parse_time(entry.last_modified)
+                modified = parse_time(entry.last_modified)
                 if (inventoried is not None and entry.ref.uri not in unreadable
                         and (modified is None or modified >= inventoried - CLOCK_MARGIN)):
                     candidates.append(entry)
@@ -390,14 +390,6 @@ def _mark_source_seen(ledger: Ledger, mid: str, src_uris: list[str], stamp: str)
             )
 
 
-def _parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _proven_sums(row: dict[str, Any]) -> dict[str, str]:

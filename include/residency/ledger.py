@@ -188,6 +188,18 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def parse_time(value: object) -> dt.datetime | None:
+    """An ISO 8601 stamp as the ledger (or a server) writes it, as an aware datetime
+    (UTC when no offset is given); ``None`` for anything else."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
 def record_hash(record: Mapping[str, Any]) -> str:
     """SHA-256 over the canonical JSON of an audit record without its own hash."""
     body = {k: record[k] for k in ("migration_id", "seq", "at", "event", "data", "prev_hash")}

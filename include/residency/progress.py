@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 
 from .ledger import (
-    COPIED, CUT_OVER, DISCOVERED, FAILED, VERIFIED, Ledger, approvals, buckets, now, objects, phases, progress,
+    COPIED, CUT_OVER, DISCOVERED, FAILED, VERIFIED, Ledger, approvals, buckets, now, objects, parse_time, phases,
+    progress,
 )
 
 #: The DAG's phases, in order (``copy`` and ``verify`` are recorded once per shard).
@@ -34,14 +35,6 @@ def _count() -> dict[str, int]:
     return {"objects": 0, "bytes": 0}
 
 
-def _parse(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def list_migrations(ledger: Ledger) -> list[dict[str, Any]]:
@@ -221,7 +214,7 @@ def _rates(
     per_minute: dict[str, Counter] = {}
     first: dt.datetime | None = None
     for e in events:
-        when = _parse(e["at"])
+        when = parse_time(e["at"])
         if when is None:
             continue
         first = first or when

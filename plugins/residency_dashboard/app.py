@@ -46,6 +46,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from . import chart, metadata, view
 from .catalogue import Dashboard, Migration
 from .sources import describe_error
+from residency.evidence.html import num, size, yes
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_num, bytes=_bytes, rate=_rate, pct=_pct, when=_when, duration=view.duration, yes=_yes)
+    env.filters.update(num=num, bytes=size, rate=_rate, pct=_pct, when=_when, duration=view.duration, yes=yes)
     env.globals.update(phase_count=len(progress.PHASE_ORDER))
     return env
 
@@ -360,36 +361,9 @@ def _password(url: str) -> str | None:
         return None
 
 
-def _yes(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def _num(value: Any) -> str:
-    return f"{int(value):,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else _yes(value)
-
-
-def _bytes(n: Any) -> str:
-    """``1.2 MiB (1,258,291 bytes)``, as in evidence.html."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return _yes(n)
-    n = int(n)
-    if n < 1024:
-        return f"{n:,} bytes"
-    size = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        size /= 1024
-        if size < 1024 or unit == "EiB":
-            return f"{size:,.1f} {unit} ({n:,} bytes)"
-    return f"{n:,} bytes"
-
-
 def _rate(bytes_per_s: Any) -> str:
     """``3.1 MiB/s``: a rate needs no exact byte count."""
-    text = _bytes(int(bytes_per_s or 0))
+    text = size(int(bytes_per_s or 0))
     return f"{text.split(' (')[0]}/s"
 
 

@@ -12,6 +12,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from markupsafe import Markup, escape
+from residency.ledger import parse_time
 
 WIDTH, HEIGHT = 720, 240
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 40
@@ -33,7 +34,7 @@ def timeline_svg(timeline: Sequence[Mapping[str, Any]], in_scope: int | None = N
         Markup safe to put in a Jinja2 template (every text in it is escaped here),
         or an empty Markup when there is no point to draw.
     """
-    points = [(t, p) for p in timeline if (t := _minute(p.get("minute"))) is not None]
+    points = [(t, p) for p in timeline if (t := parse_time(p.get("minute"))) is not None]
     if not points:
         return Markup("")
     t0, t1 = points[0][0], points[-1][0]
@@ -86,14 +87,6 @@ def timeline_svg(timeline: Sequence[Mapping[str, Any]], in_scope: int | None = N
     return Markup("".join(parts))
 
 
-def _minute(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _nice(value: float) -> float:

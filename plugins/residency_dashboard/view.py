@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any, Mapping, Sequence
 
 from residency import progress
+from residency.ledger import parse_time
 
 #: Seconds between the page's own refreshes while the run is live.
 REFRESH_SECONDS = 5
@@ -100,21 +101,13 @@ def _state_total(status: Mapping[str, Any], state: str) -> int:
     return sum(int(b["states"][state]["objects"]) for b in status["buckets"])
 
 
-def _parse(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def last_activity(status: Mapping[str, Any]) -> dt.datetime | None:
     """When the run last recorded a phase or a progress event."""
-    stamps = [_parse(p.get("last_at")) for p in status["phases"]]
+    stamps = [parse_time(p.get("last_at")) for p in status["phases"]]
     if status["timeline"]:
-        stamps.append(_parse(status["timeline"][-1]["minute"]))  # the minute's start: events are per minute
+        stamps.append(parse_time(status["timeline"][-1]["minute"]))  # the minute's start: events are per minute
     stamps = [s for s in stamps if s is not None]
     return max(stamps) if stamps else None
 

@@ -100,6 +100,9 @@ def drive_run(
                 continue
             if while_waiting is not None:
                 while_waiting(manager, run_id, request)
+                if not answering.pending_approvals(DAG_ID, run_id, min_age=0):  # answered while looking
+                    outcome.answered[task_id] = "answered by the caller"
+                    continue
             option = (decisions or {}).get(task_id, "Approve")
             answering.respond(DAG_ID, run_id, task_id, option,
                               {"comment": f"{option} by the deployment test"}, map_index=ti["map_index"])

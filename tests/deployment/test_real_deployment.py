@@ -227,3 +227,29 @@ def test_a_start_that_fails_half_way_names_the_cause_and_leaves_nothing(tmp_path
     assert dep.processes() == [] and holding_files_under(dep.home) == []
     if dep.backend == "postgresql":
         assert not database_exists(dep.database_name)
+
+
+def test_only_the_approvers_the_policy_names_may_answer(deployment, estate, tmp_path):
+    """The policy names the cutover's approvers: anyone else is refused by Airflow itself."""
+    policy = tmp_path / "policy.yaml"
+    text = estate.policy_path.read_text().replace("sqlite:///app.db", estate.app_db_url)
+    policy.write_text(text.replace("control_dir: control", f"control_dir: {estate.workdir / 'control'}")
+                      + "approvals:\n  cutover: {approvers: [manager]}\n")
+    refused: list[int] = []
+
+    def try_first_as_the_wrong_user(api: AirflowApi, run_id: str, request: dict) -> None:
+        if request["task_instance"]["task_id"] != "approve_cutover":
+            return
+        assert [u["id"] for u in request["assigned_users"]] == ["manager"]
+        with pytest.raises(AirflowApiError) as wrong:
+            deployment.api("demo-approver").respond(DAG_ID, run_id, "approve_cutover", "Approve", {"comment": "me?"})
+        refused.append(wrong.value.status)
+        deployment.api("manager").respond(DAG_ID, run_id, "approve_cutover", "Approve", {"comment": "I am named"})
+
+    outcome = drive_run(deployment, {"policy_path": str(policy), "evidence_dir": str(tmp_path / "out"),
+                                     "dry_run": False}, while_waiting=try_first_as_the_wrong_user)
+    assert refused == [403]
+    assert outcome.state == "success", failure_report(deployment, outcome)
+    evidence = json.loads((tmp_path / "out" / "evidence.json").read_text())
+    assert [(a["step"], a["who"], a["comment"]) for a in evidence["approvals"]] == [
+        ("cutover", "manager", "I am named"), ("revoke", "demo-approver", "Approve by the deployment test")]

@@ -16,7 +16,8 @@ import jinja2
 from .report import COUNT_LABELS, METHOD_LABELS, OBJECTS_FILE, ROUTE_COUNTS, _human_bytes
 
 
-def _yes(value: Any) -> str:
+def yes(value: Any) -> str:
+    """How a value reads on a page: yes/no for booleans, a dash for nothing."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -24,8 +25,16 @@ def _yes(value: Any) -> str:
     return str(value)
 
 
-def _num(value: Any) -> str:
-    return f"{int(value):,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else _yes(value)
+def num(value: Any) -> str:
+    """A count with thousands separators (anything else as :func:`yes` shows it)."""
+    return f"{int(value):,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else yes(value)
+
+
+def size(value: Any) -> str:
+    """``1.2 MiB (1,258,291 bytes)``: readable and exact (anything else as :func:`yes` shows it)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return yes(value)
+    return _human_bytes(int(value))
 
 
 def _pretty(value: Any) -> str:
@@ -44,7 +53,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(yes=_yes, num=_num, bytes=_human_bytes, pretty=_pretty,
+    env.filters.update(yes=yes, num=num, bytes=size, pretty=_pretty,
                        placement=lambda s: PLACEMENT_WORDS.get(s or "", s or "—"))
     return env
 
