@@ -43,6 +43,7 @@ test: install airflow-db
 bench: install
 	$(BIN)/python benchmarks/bench_copy.py
 	$(BIN)/python benchmarks/bench_memory.py --gib 1 --route 's3->gs'
+	$(BIN)/python benchmarks/bench_progress.py --rows 1000000
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

@@ -63,7 +63,8 @@ objects = sa.Table(
     sa.Column("src_checked_at", sa.String(40)),  # stamp of the attest run whose source listing saw it unchanged
     sa.Index("ix_residency_objects_dst", "migration_id", "dst_uri"),
     # Progress by bucket, route and state, read from the index alone (the dashboard's counts).
-    sa.Index("ix_residency_objects_progress", "migration_id", "src_bucket_uri", "route", "state"),
+    sa.Index("ix_residency_objects_progress", "migration_id", "src_bucket_uri", "route", "state",
+             postgresql_include=["size"]),
 )
 
 buckets = sa.Table(
