@@ -253,3 +253,22 @@ def test_only_the_approvers_the_policy_names_may_answer(deployment, estate, tmp_
     evidence = json.loads((tmp_path / "out" / "evidence.json").read_text())
     assert [(a["step"], a["who"], a["comment"]) for a in evidence["approvals"]] == [
         ("cutover", "manager", "I am named"), ("revoke", "demo-approver", "Approve by the deployment test")]
+
+
+def test_an_unanswered_approval_times_out_as_a_rejection(deployment, estate, tmp_path):
+    """The policy's timeout: nobody answers, Airflow takes the default (Reject), the steps after it are skipped."""
+    policy = tmp_path / "policy.yaml"
+    text = estate.policy_path.read_text().replace("sqlite:///app.db", estate.app_db_url)
+    policy.write_text(text.replace("control_dir: control", f"control_dir: {estate.workdir / 'control'}")
+                      + "approvals:\n  cutover: {timeout_hours: 0.01}\n")  # 36 seconds
+    manager = deployment.api("manager")
+    run_id = manager.trigger(DAG_ID, {"policy_path": str(policy), "evidence_dir": str(tmp_path / "out"),
+                                      "dry_run": False})
+    assert manager.wait_for_run(DAG_ID, run_id, timeout=400) == "failed"
+    states = {t["task_id"]: t["state"] for t in manager.task_instances(DAG_ID, run_id) if t["map_index"] in (-1, 0)}
+    assert {states[t] for t in ("cutover", "propose_revoke", "approve_revoke", "revoke")} == {"skipped"}
+    evidence = json.loads((tmp_path / "out" / "evidence.json").read_text())
+    (approval,) = evidence["approvals"]
+    assert (approval["step"], approval["decision"]) == ("cutover", "timed_out")
+    assert any("The approval of the cutover timed out" in p for p in evidence["problems"])
+    assert "timed out" in manager.run_note(DAG_ID, run_id)

@@ -712,9 +712,13 @@ def _approvals(approvals: Sequence[Mapping[str, Any]], verdict: _Verdict) -> lis
         out.append(entry)
         if entry["decision"] != "approved":
             rule = "references" if entry["step"] == "cutover" else "revocation"
+            if entry["decision"] == "timed_out":
+                verdict.fail(rule, f"The approval of the {entry['step']} timed out at {entry['when']} with no answer: "
+                                   "it did not happen.")
+                continue
             said = f" with the comment {entry['comment']!r}" if entry["comment"] else ""
-            verdict.fail(rule, f"The {entry['step']} was {entry['decision'].replace('_', ' ')} by {who} at "
-                               f"{entry['when']}{said}: it did not happen.")
+            verdict.fail(rule, f"The {entry['step']} was {entry['decision']} by {who} at {entry['when']}{said}: "
+                               "it did not happen.")
     return out
 
 
