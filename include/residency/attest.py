@@ -311,7 +311,7 @@ def _check_source(
     bucket = next((b for b in ledger.get_buckets(mid) if b["bucket_uri"] == source.bucket_uri), None)
     inventoried = parse_time(bucket.get("inventoried_at")) if bucket else None
     counts.arrival_checked = inventoried is not None
-    unreadable = {u["src_uri"] for u in ledger.get_unreadable(mid) if u["src_bucket_uri"] == source.bucket_uri}
+    unreadable = {u["src_uri"] for u in ledger.get_unreadable(mid, source.bucket_uri)}
     candidates: list[Listed] = []
     seen: list[str] = []
 

@@ -356,12 +356,12 @@ class Ledger:
                     out[row[column.name]] = decode_row(row)
         return out
 
-    def mark_attested(self, migration_id: str, stamp: str, proofs: Iterable[tuple[str, str, str | None]]) -> int:
+    def mark_attested(self, migration_id: str, stamp: str, proofs: Iterable[tuple[str, str, str | None]]) -> None:
         """Record ``(src_uri, method, note)`` as re-proven by the attest run ``stamp``,
         in one transaction; only objects still verified or cut over are touched."""
         params = [{"m": migration_id, "u": uri, "a": stamp, "meth": method, "note": note} for uri, method, note in proofs]
         if not params:
-            return 0
+            return
         stmt = (
             objects.update()
             .where(objects.c.migration_id == sa.bindparam("m"))
@@ -371,7 +371,7 @@ class Ledger:
                     attest_note=sa.bindparam("note"))
         )
         with self.engine.begin() as conn:
-            return conn.execute(stmt, params).rowcount
+            conn.execute(stmt, params)
 
     def iter_unstamped(
         self, migration_id: str, src_bucket_uri: str, stamp: str, column: str = "attested_at", batch: int = 500
@@ -443,13 +443,14 @@ class Ledger:
             if values:
                 conn.execute(unreadable.insert(), values)
 
-    def get_unreadable(self, migration_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def get_unreadable(self, migration_id: str, bucket_uri: str | None = None) -> list[dict[str, Any]]:
+        """The objects the latest inventory listed but could not read (of one source bucket, or all)."""
         query = (
             sa.select(unreadable).where(unreadable.c.migration_id == migration_id)
             .order_by(unreadable.c.src_bucket_uri, unreadable.c.src_uri)
         )
-        if limit is not None:
-            query = query.limit(limit)
+        if bucket_uri is not None:
+            query = query.where(unreadable.c.src_bucket_uri == bucket_uri)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from . import __version__, attest, evidence, inventory, references, revocation, transfer
 from .clients import AwsCredentials, DatabaseCredentials, GcsCredentials
+from .evidence.report import human_bytes
 from .errors import JurisdictionError, PolicyError, ResidencyError, StoreError
 from .jurisdictions import Placement, placement_of
 from .ledger import Ledger
@@ -349,15 +350,6 @@ class ApprovalMissing(ResidencyError):
 APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed_out"
 
 
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def propose_cutover(rt: Runtime) -> dict[str, Any]:
     """What approving the cutover will do, for the approver to read (Markdown), computed
     without changing anything: objects re-proven per route, failures, and the
@@ -384,7 +376,7 @@ def propose_cutover(rt: Runtime) -> dict[str, Any]:
         "",
         "| route | objects verified and re-proven | bytes |",
         "|---|---:|---:|",
-        *[f"| {r} | {n:,} | {_human_bytes(b)} |" for r, (n, b) in sorted(routes.items())],
+        *[f"| {r} | {n:,} | {human_bytes(b)} |" for r, (n, b) in sorted(routes.items())],
         "",
         f"Failed objects: **{failed:,}**; pending: **{pending:,}** (their references stay where they are).",
     ]
@@ -435,7 +427,8 @@ def propose_revoke(rt: Runtime) -> dict[str, Any]:
 def record_approval(rt: Runtime, step: str, response: Mapping[str, Any] | None) -> dict[str, Any]:
     """Keep the human decision on ``step`` (an Airflow human-in-the-loop response:
     ``chosen_options``, ``responded_by_user``, ``responded_at``, ``params_input``)
-    in the ledger and the audit chain. No response (a timeout) counts as rejected."""
+    in the ledger and the audit chain. No responder (a timeout) is recorded as
+    ``timed_out``, which stops the step as a rejection does."""
     response = dict(response or {})
     chosen = list(response.get("chosen_options") or [])
     user = response.get("responded_by_user") or {}

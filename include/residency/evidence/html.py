@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import jinja2
 
-from .report import COUNT_LABELS, METHOD_LABELS, OBJECTS_FILE, ROUTE_COUNTS, _human_bytes
+from .report import COUNT_LABELS, METHOD_LABELS, OBJECTS_FILE, ROUTE_COUNTS, human_bytes
 
 
 def yes(value: Any) -> str:
@@ -34,7 +34,7 @@ def size(value: Any) -> str:
     """``1.2 MiB (1,258,291 bytes)``: readable and exact (anything else as :func:`yes` shows it)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return yes(value)
-    return _human_bytes(int(value))
+    return human_bytes(int(value))
 
 
 def _pretty(value: Any) -> str:

@@ -510,7 +510,7 @@ def _source_problems(
     in_scope = c["in_scope"]["objects"]
     if c["unreadable"]["objects"]:
         verdict.fail("inventory", f"{uri}: {c['unreadable']['objects']:,} listed objects could not be read "
-                                  f"({_human_bytes(c['unreadable']['bytes'])}), so nobody knows whether they are media "
+                                  f"({human_bytes(c['unreadable']['bytes'])}), so nobody knows whether they are media "
                                   "that had to move; each is listed with its reason under this bucket.")
     lst = by_id["listing_balances"]
     if not lst["holds"]:
@@ -523,7 +523,7 @@ def _source_problems(
                               "as a finished migration.")
     if c["failed"]["objects"]:
         verdict.fail("migrated", f"{uri}: {c['failed']['objects']:,} of {in_scope:,} in-scope objects failed, "
-                                 f"{_human_bytes(c['failed']['bytes'])} in total, and were not migrated; each is listed "
+                                 f"{human_bytes(c['failed']['bytes'])} in total, and were not migrated; each is listed "
                                  "with its reason under this bucket.")
     if c["pending"]["objects"]:
         verdict.fail("migrated", f"{uri}: {c['pending']['objects']:,} of {in_scope:,} in-scope objects are neither "
@@ -727,7 +727,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     """``1.2 MiB (1,258,291 bytes)``: readable and exact."""
     if n < 1024:
         return f"{n:,} bytes"

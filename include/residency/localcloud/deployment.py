@@ -800,10 +800,6 @@ class AirflowApi:
     def _run_path(dag_id: str, run_id: str) -> str:
         return f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
 
-    def unpause(self, dag_id: str) -> dict:
-        """Unpause a DAG; returns the DAG."""
-        return self.patch(f"/dags/{quote(dag_id, safe='')}", json={"is_paused": False})
-
     def trigger(self, dag_id: str, conf: Mapping[str, Any], *, note: str | None = None) -> str:
         """Trigger a run of ``dag_id`` with ``conf`` (no logical date); returns its run id."""
         body: dict[str, Any] = {"logical_date": None, "conf": dict(conf)}
