@@ -396,8 +396,9 @@ class TestGcsListing(ListingContract):
         for url in seen:
             query = parse_qs(urlsplit(url).query)
             assert query["fields"] == [
-                "items(name,size,etag,generation,updated,crc32c,md5Hash,componentCount),nextPageToken"
-            ]
+                "items(name,size,etag,generation,updated,crc32c,md5Hash,componentCount,"
+                "contentType,metadata,cacheControl,contentDisposition,contentEncoding,contentLanguage),nextPageToken"
+            ]  # what a copy needs to keep the object's metadata, at no extra request
             assert query["maxResults"] == [str(PAGE)]
 
     def test_versioned_bucket_lists_the_live_generation_only(

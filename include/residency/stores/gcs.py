@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -60,8 +60,12 @@ GCS_MAX_OBJECT = 5 * 1024**4
 SINGLE_REQUEST_MAX = 8 * MiB
 #: Most objects one objects.list request returns.
 GCS_MAX_LIST_PAGE = 1000
-#: What a listing page asks for (objects.list ``fields``): all that :class:`Listed` holds.
-LIST_FIELDS = "items(name,size,etag,generation,updated,crc32c,md5Hash,componentCount),nextPageToken"
+#: What a listing page asks for (objects.list ``fields``): all that :class:`Listed` holds,
+#: content type, user metadata and content headers included, so that a copy needs no HEAD.
+LIST_FIELDS = (
+    "items(name,size,etag,generation,updated,crc32c,md5Hash,componentCount,"
+    "contentType,metadata,cacheControl,contentDisposition,contentEncoding,contentLanguage),nextPageToken"
+)
 
 # header name -> Blob attribute
 _HEADER_ATTRS = {
@@ -280,6 +284,10 @@ class GcsStore:
         service: which GCS service this is ("google", or an emulator's endpoint URL):
             server-side copy is only attempted between stores of the same service.
         list_page_size: objects per listing request, 1-1000 (the JSON API's limit).
+        create_only_copies: the server refuses a rewrite onto an existing object
+            when asked (``ifGenerationMatch=0``); default: only Google itself.
+            fake-gcs-server (1.54) ignores every precondition of a rewrite and
+            overwrites, so the copy engine lists the destination first there.
 
     Raises:
         ValueError: ``list_page_size`` is outside 1-1000.
@@ -298,11 +306,14 @@ class GcsStore:
         retry: RetryPolicy = DEFAULT_RETRY,
         service: str = "google",
         list_page_size: int = GCS_MAX_LIST_PAGE,
+        create_only_copies: bool | None = None,
     ) -> None:
         if not 1 <= list_page_size <= GCS_MAX_LIST_PAGE:
             raise ValueError(
                 f"list_page_size must be within 1-{GCS_MAX_LIST_PAGE} (GCS's page limit), got {list_page_size}"
             )
+        if create_only_copies if create_only_copies is not None else service == "google":
+            self.capabilities = replace(self.capabilities, create_only_copies=True)
         self.client = client
         self.transfer = transfer or GcsTransferConfig()
         self.retry = retry
@@ -329,13 +340,22 @@ class GcsStore:
         for entry in self.list_entries(bucket, prefix):
             yield entry.ref
 
-    def list_entries(self, bucket: str, prefix: str = "", *, with_version: bool = False) -> Iterator[Listed]:
+    def list_entries(
+        self, bucket: str, prefix: str = "", *, with_version: bool = False, start_at: str | None = None
+    ) -> Iterator[Listed]:
         """The live object of every key under ``prefix``: objects.list, one request per page.
+
+        With ``start_at``, keys before it are not listed (objects.list
+        ``startOffset``, which includes ``start_at`` itself; keys before it are
+        also skipped here, should a server ignore the parameter). A caller that
+        stops iterating stops the requests.
 
         Each page asks for ``list_page_size`` objects and only the fields of
         :data:`LIST_FIELDS`, and is retried alone. Every entry carries its
         generation and ``crc32c``; ``md5`` too unless the object is composite
-        (``componentCount`` set), exactly as :meth:`stat` reports them.
+        (``componentCount`` set), exactly as :meth:`stat` reports them; and its
+        content type, user metadata (``{}`` when it has none) and the
+        :data:`~.base.CONTENT_HEADERS` it has, all that :meth:`copy` needs.
         ``with_version`` changes nothing: without ``versions=true`` GCS lists
         live objects only, each with its generation. (google-cloud-storage 3.17
         also fetches a bucket's metadata once per client, on a background thread,
@@ -352,10 +372,12 @@ class GcsStore:
             def fetch(token: str | None = token) -> tuple[list[Listed], str | None]:
                 blobs = self.client.list_blobs(
                     bucket, prefix=prefix or None, page_size=self.list_page_size, page_token=token,
-                    fields=LIST_FIELDS, retry=None, timeout=self.transfer.timeout,
+                    start_offset=start_at or None, fields=LIST_FIELDS, retry=None, timeout=self.transfer.timeout,
                 )
                 page = next(blobs.pages, None)  # one request: this page only
                 entries = [_listed(bucket, blob) for blob in page] if page is not None else []
+                if start_at:
+                    entries = [e for e in entries if e.ref.key >= start_at]
                 return entries, blobs.next_page_token
 
             # The bucket URI: a 404 from a listing always means the bucket is missing.
@@ -377,7 +399,7 @@ class GcsStore:
         props: Mapping[str, Any] = blob._properties
         composite = blob.component_count is not None
         found = _proven_checksums(blob)
-        headers = {h: getattr(blob, attr) for h, attr in _HEADER_ATTRS.items() if getattr(blob, attr)}
+        headers = _headers(blob)
         encryption = None
         if props.get("customerEncryption"):
             encryption = "customer-supplied"
@@ -668,14 +690,41 @@ class GcsStore:
         metadata: Mapping[str, str],
         create_only: bool = True,
     ) -> ObjectInfo:
-        """Server-side rewrite of generation ``src.version``, looping on the rewrite token.
+        """Server-side rewrite of generation ``src.version``: one request, whose answer is the proof.
 
-        Large or cross-location rewrites take several calls; each round is logged
-        and retried alone. ``SourceChanged`` when the source generation is gone or
-        no longer live; ``PreconditionFailed`` when ``create_only`` and ``dst`` exists.
+        The request body is the destination resource: ``src``'s content type and
+        content headers (as a listing reports them) and ``metadata`` as the whole
+        user metadata. The request names the source generation
+        (``sourceGeneration`` and ``ifSourceGenerationMatch``) and, with
+        ``create_only``, ``ifGenerationMatch=0``. GCS finishes a rewrite within one
+        location and storage class in that one call; otherwise it answers "not
+        done" with a token, and each further round (logged, retried alone)
+        resumes from it. The result is built from the resource of the final
+        answer (size, generation, etag, ``crc32c``, ``md5`` unless composite,
+        metadata, headers), never from a stat; its checksums must equal ``src``'s,
+        else the new generation is deleted and ``ChecksumMismatch`` raised.
+
+        A request more only where something is missing: a ``src`` that does not
+        know its content type and headers (``metadata_known`` False) is stat'ed
+        first; an answer without ``crc32c`` is completed by a stat; an answer
+        showing that the server did not apply the body (fake-gcs-server keeps the
+        source's metadata when the body's map is empty) is repaired by one
+        objects.update, see :meth:`_fix_up_copy`.
+
+        Raises:
+            ValueError: ``src`` is not a GCS object.
+            SourceChanged: generation ``src.version`` is gone or no longer live.
+            PreconditionFailed: ``create_only`` and ``dst`` exists; only where the
+                server checks it (``capabilities.create_only_copies``).
+            ChecksumMismatch: the copy's checksums differ from ``src``'s (deleted).
         """
         if src.ref.provider != "gs":
             raise ValueError(f"cannot rewrite {src.ref.uri} into GCS: not a GCS object")
+        if not src.metadata_known:
+            try:
+                src = self.stat(src.ref, src.version)
+            except ObjectNotFound as exc:
+                raise SourceChanged(src.ref.uri, f"generation {src.version} is gone: {exc.reason}") from exc
         src_blob = self._blob(src.ref, src.version)
         # The destination's properties are the rewrite request body.
         dst_blob = self._blob_for_write(dst, src.content_type, None, src.headers)
@@ -706,16 +755,31 @@ class GcsStore:
             raise SourceChanged(src.ref.uri, f"generation {src.version} is gone: {exc.reason}") from exc
         except PreconditionFailed as exc:
             raise self._copy_precondition_failure(src, exc) from exc
+        # The library has replaced the Blob's properties by the answer's resource.
         self._fix_up_copy(dst, dst_blob, wanted)
-        info = self.stat(dst, version=str(dst_blob.generation) if dst_blob.generation else None)
-        expected = src.checksums.get("crc32c")
-        if expected and info.checksums.get("crc32c") != expected:
-            # Only possible if the server copied another generation than the pinned one.
-            self._discard(
-                dst, info.version,
-                f"copy has crc32c {info.checksums.get('crc32c')}, source generation {src.version} has {expected}",
-            )
+        if dst_blob.crc32c:
+            info = self._info(dst, dst_blob)
+        else:  # no server of the JSON API omits it; without it the answer proves nothing
+            log.warning("rewrite %s: the answer carries no crc32c; reading the object's metadata", dst.uri)
+            info = self.stat(dst, version=str(dst_blob.generation) if dst_blob.generation else None)
+        self._check_copy(src, info)
         return info
+
+    def _check_copy(self, src: ObjectInfo, info: ObjectInfo) -> None:
+        """The copy must have ``src``'s size and checksums; only possible otherwise if
+        the server copied another generation than the pinned one. Deletes it then."""
+        differ = [
+            f"{algorithm} {info.checksums[algorithm]}, source generation {src.version} has {value}"
+            for algorithm, value in sorted(src.checksums.items())
+            if algorithm in info.checksums and info.checksums[algorithm] != value
+        ]
+        if info.size != src.size:
+            differ.append(f"{info.size} bytes, source generation {src.version} has {src.size}")
+        if "crc32c" not in info.checksums:
+            differ.append("no crc32c")
+        if differ:
+            self._discard(info.ref, info.version, "copy has " + "; ".join(differ))
+        log.debug("rewrite %s: generation %s proven by %s", info.ref.uri, info.version, ", ".join(sorted(info.checksums)))
 
     @staticmethod
     def _wanted_fields(src: ObjectInfo, metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -726,13 +790,18 @@ class GcsStore:
         return fields
 
     def _fix_up_copy(self, dst: ObjectRef, dst_blob: Any, wanted: Mapping[str, Any]) -> None:
-        """Make the copy's metadata exactly what was asked, if the rewrite did not.
+        """Make the copy's resource what the rewrite body asked for, when the answer shows it is not.
 
-        A rewrite takes the destination's metadata from the request body, but
-        fake-gcs-server keeps the *source's* custom metadata when the body's map is
-        empty, and servers differ on omitted fields. So the result is compared and,
-        if it differs, the object resource is replaced (objects.update) on the new
-        generation only (``ifGenerationMatch``/``ifMetagenerationMatch``).
+        Free when the answer matches: the normal case, since GCS takes the
+        destination resource from the body. fake-gcs-server (1.54, checked over
+        HTTP) builds the new object from the *source's* resource and applies only
+        the body's non-empty fields, so an empty ``metadata`` map keeps the
+        source's custom metadata (an empty or null header likewise, which the
+        body never carries: headers come from the source). Then, and only then,
+        one objects.update replaces the resource of the new generation
+        (``ifGenerationMatch``/``ifMetagenerationMatch``, which the emulator
+        ignores as well); its answer becomes the Blob's properties. Seen on
+        Google, the same repair is made and logged as a warning.
         """
         props = dst_blob._properties
 
@@ -743,7 +812,11 @@ class GcsStore:
         wrong = sorted(name for name, value in wanted.items() if has(name) != value)
         if not wrong:
             return
-        log.info("rewrite %s: setting %s after the rewrite (the server did not apply them)", dst.uri, ", ".join(wrong))
+        log.log(
+            logging.WARNING if self.service == "google" else logging.INFO,
+            "rewrite %s: the server did not apply %s from the request; updating the new generation",
+            dst.uri, ", ".join(wrong),
+        )
         for name, value in wanted.items():
             if value is None:
                 props.pop(name, None)  # objects.update replaces the resource: omitted means absent
@@ -789,8 +862,17 @@ def _proven_checksums(blob: Any) -> dict[str, str]:
     return found
 
 
+def _headers(blob: Any) -> dict[str, str]:
+    """The content headers a Blob resource has (empty values count as absent), by canonical name."""
+    return {header: getattr(blob, attr) for header, attr in _HEADER_ATTRS.items() if getattr(blob, attr)}
+
+
 def _listed(bucket: str, blob: Any) -> Listed:
-    """An objects.list item (as the library's Blob) as a :class:`Listed`."""
+    """An objects.list item (as the library's Blob) as a :class:`Listed`.
+
+    The listing was asked for content type, metadata and content headers
+    (:data:`LIST_FIELDS`): a field absent from the item is absent from the object.
+    """
     updated = blob.updated
     return Listed(
         ref=ObjectRef("gs", bucket, blob.name),
@@ -800,6 +882,9 @@ def _listed(bucket: str, blob: Any) -> Listed:
         last_modified=updated.astimezone(timezone.utc).isoformat() if updated else None,
         checksums=_proven_checksums(blob),
         multipart=blob.component_count is not None,
+        content_type=blob.content_type or None,
+        metadata=dict(blob.metadata or {}),
+        headers=_headers(blob),
     )
 
 
