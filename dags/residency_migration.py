@@ -10,9 +10,9 @@ all of it, and writes an evidence report for auditors.
 |---|---|
 | `plan` | validates the params and the policy before any work (a bad field fails here, naming it) |
 | `preflight` | every bucket reachable; region -> jurisdiction; destinations domestic; reference key columns unique and never NULL; IAM and probe credentials work (read-only) |
-| `inventory` | lists sources page by page, selects media, records each object in the ledger (and every object it could not read), writes manifest shards |
-| `copy_shard` | one mapped instance per shard: server-side copy (multipart above the threshold), or streamed, resumable |
-| `verify_shard` | one mapped instance per shard: a checksum both sides truly have, or a read-back |
+| `inventory` | lists sources page by page (a HEAD only where a name cannot decide), selects media, records each object and its shard in the ledger (and every object it could not read) |
+| `copy_to_s3`, `copy_to_gs` | one mapped instance per shard, in the pool `residency_s3` / `residency_gcs`: one create-only server-side copy per object whose response carries the proof, or streamed, resumable |
+| `verify_to_s3`, `verify_to_gs` | one mapped instance per shard: the destination listing shows the proven copy, or a checksum both sides truly have, or a read-back |
 | `recheck` | re-proves every verified object now (destination listing, source version); repairs what changed; runs even when nothing is in scope |
 | `propose_cutover` | what approving the cutover will do: objects re-proven per route, failures, references a dry run would rewrite |
 | `approve_cutover` | **waits for a human** (Required actions in the UI, or the REST API); the policy names who and how long |
@@ -45,6 +45,8 @@ from residency_airflow import fail_fast, run_info, runtime, set_run_note
 from residency_airflow.approvals import PolicyApprovalOperator
 
 DEFAULT_POLICY = os.environ.get("RESIDENCY_POLICY", "/opt/airflow/include/policies/example.yaml")
+#: The Airflow pool of the copy and verify tasks that write to each destination provider.
+POOLS = {"s3": "residency_s3", "gs": "residency_gcs"}
 SHARD_LABEL = ("shard {{ '%05d' % task.op_kwargs['shard']['shard'] }} {{ task.op_kwargs['shard']['source'] }} "
                "({{ task.op_kwargs['shard']['objects'] }} objects)")
 
@@ -89,6 +91,14 @@ def residency_migration():
 
         with fail_fast():
             return run_inventory(runtime(plan), placements)["shards"]
+
+    # Shards go to one mapped copy task per destination provider, each in its own
+    # Airflow pool (residency_s3, residency_gcs: see the README for sizing), so a
+    # platform team caps the concurrent copy tasks that write to each provider.
+    # (Airflow maps only over a task's return value, hence a small task per provider.)
+    @task
+    def shards_to(shards: list[dict], provider: str) -> list[dict]:
+        return [s for s in shards if s["to"] == provider]
 
     # The label is rendered from the mapped argument itself, so the UI names each
     # shard (bucket and number) as soon as it starts, not only when it ends.
@@ -173,11 +183,13 @@ def residency_migration():
 
     the_plan = plan()
     shards = inventory(the_plan, preflight(the_plan))
-    copied = copy_shard.partial(plan=the_plan).expand(shard=shards)
-    verified = verify_shard.partial(plan=the_plan).expand(shard=shards)
-    copied >> verified
     rechecked = recheck(the_plan)
-    verified >> rechecked
+    for provider, pool in POOLS.items():
+        mine = shards_to.override(task_id=f"shards_to_{provider}")(shards, provider)
+        copied = copy_shard.override(task_id=f"copy_to_{provider}", pool=pool).partial(plan=the_plan).expand(shard=mine)
+        verified = verify_shard.override(task_id=f"verify_to_{provider}", pool=pool).partial(
+            plan=the_plan).expand(shard=mine)
+        copied >> verified >> rechecked
     shards >> rechecked
     cut_proposal = propose_cutover(the_plan)
     rechecked >> cut_proposal

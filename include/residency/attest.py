@@ -329,7 +329,7 @@ def _check_source(
                 continue
             if row["state"] not in DONE:
                 continue
-            changed = _source_changed(row, entry)
+            changed = transfer.source_change(row, entry)
             if changed:
                 requeue(row, "src_changed", changed)
             else:
@@ -463,19 +463,3 @@ def _proof_of(row: dict[str, Any], info: ObjectInfo, dst_store: Store) -> tuple[
     if size == row["size"] and all(computed[a] == sums[a] for a in wanted):
         return "ok", READ_BACK
     return "changed", f"the destination object {ref.uri} read back differs from the source"
-
-
-def _source_changed(row: dict[str, Any], entry: Listed) -> str | None:
-    """Why the listed source object is not the pinned version, or ``None``."""
-    pinned = row.get("src_version")
-    if pinned and entry.version is not None and entry.version != pinned:
-        return f"the source now holds version {entry.version}; version {pinned} was migrated"
-    if row.get("src_etag") and entry.etag is not None and _etag(entry.etag) != _etag(row["src_etag"]):
-        return f"the source now has ETag {entry.etag}; ETag {row['src_etag']} was migrated"
-    if entry.size != row["size"]:
-        return f"the source now has {entry.size} bytes; {row['size']} were migrated"
-    return None
-
-
-def _etag(value: str) -> str:
-    return value.strip().strip('"')

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -20,6 +21,12 @@ from botocore.config import Config
 
 if TYPE_CHECKING:  # google-cloud-storage is imported when a GCS client is built
     from google.cloud import storage
+
+
+#: Sessions and clients shared in this process, by credentials (and service, region, options).
+_SESSIONS: dict[Any, boto3.session.Session] = {}
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_SHARED_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -37,15 +44,35 @@ class AwsCredentials:
     validates_upload_checksums: bool = True
 
     def session(self) -> boto3.session.Session:
-        return boto3.session.Session(
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-            aws_session_token=self.session_token,
-            region_name=self.region_name,
-        )
+        """One boto3 session per credentials in this process (building one loads the
+        service models again: tens of MiB each)."""
+        with _SHARED_LOCK:
+            session = _SESSIONS.get(self)
+            if session is None:
+                session = _SESSIONS[self] = boto3.session.Session(
+                    aws_access_key_id=self.access_key_id,
+                    aws_secret_access_key=self.secret_access_key,
+                    aws_session_token=self.session_token,
+                    region_name=self.region_name,
+                )
+        return session
 
     def client(self, service: str, region: str | None = None, **config: Any) -> Any:
-        """A client with SDK retries off and bounded timeouts."""
+        """A client with SDK retries off and bounded timeouts, shared in this process by
+        every caller with the same credentials, region and options: boto3 clients are
+        thread-safe, and a client per worker thread (or per store) multiplies memory
+        by the threads without making anything faster."""
+        key = (self, service, region or self.region_name, repr(sorted(config.items())))
+        with _SHARED_LOCK:
+            client = _CLIENTS.get(key)
+        if client is None:
+            client = self._new_client(service, region, **config)
+            with _SHARED_LOCK:
+                client = _CLIENTS.setdefault(key, client)
+        return client
+
+    def _new_client(self, service: str, region: str | None = None, **config: Any) -> Any:
+        session = self.session()
         cfg = Config(
             region_name=region or self.region_name,
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -55,7 +82,8 @@ class AwsCredentials:
             s3={"addressing_style": "path"} if self.endpoint_url else {},
             **config,
         )
-        return self.session().client(service, endpoint_url=self.endpoint_url, config=cfg)
+        with _SHARED_LOCK:  # creating clients from one session is not thread-safe
+            return session.client(service, endpoint_url=self.endpoint_url, config=cfg)
 
     def s3_client_factory(self) -> Callable[[str], Any]:
         """For :class:`residency.stores.s3.S3Store`: region -> S3 client."""

@@ -1,32 +1,36 @@
-"""Inventory: list every source bucket, select media, record each object, write shards.
+"""Inventory: list every source bucket, select media, record each object in shards.
 
-Listing is streamed page by page; metadata is fetched with a bounded thread pool
-one page at a time; manifest shards (JSON Lines) are written as objects are
-selected. No step holds the whole listing in memory, and only shard
-descriptors (path, counts) leave this module, never lists of keys.
+Listing is streamed page by page (or read from an S3 Inventory report); what an
+object is comes from its listing entry (key, size, ETag, version; GCS also lists
+content type, metadata and checksums), so there is no request per object: a HEAD
+is sent only where the listing cannot decide the selection (an S3 key without a
+known extension, or a policy that selects by content type). Selected objects are
+written to the ledger a page per transaction, each with its manifest (this
+inventory's stamp) and shard number: the ledger is the manifest, which every
+worker reads; nothing is written to a worker's disk. No step holds the whole
+listing in memory, and only shard descriptors (numbers and counts) leave this
+module, never lists of keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import StoreError
 from .ledger import FAILED, INVENTORY_REFUSAL, Ledger
 from .policy import Policy, Source
-from .stores.base import ObjectInfo, Store
+from .stores.base import Listed, ObjectInfo, Store
 from .uris import ObjectRef
 
 log = logging.getLogger(__name__)
 
-PAGE = 200
+PAGE = 1000
 
 
 #: Longest object key S3 and GCS accept, in bytes of UTF-8.
@@ -60,8 +64,8 @@ class BucketCounts:
 @dataclass(frozen=True)
 class InventoryResult:
     migration_id: str
-    manifest_dir: str
-    shards: list[dict[str, Any]]  # {"shard", "path", "source", "objects", "bytes"}
+    manifest: str  # the inventory's stamp: ledger rows with this ``manifest`` are its shards
+    shards: list[dict[str, Any]]  # {"manifest", "shard", "last", "source", "to", "objects", "bytes"}
     objects_listed: int
     objects_in_scope: int
     bytes_in_scope: int
@@ -71,42 +75,54 @@ class InventoryResult:
     ledger: dict[str, int]  # new / unchanged / requeued / failed
     errors: int  # objects listed whose metadata could not be read (unreadable)
     refused: int = 0  # in scope, but refused at inventory (e.g. destination key too long)
+    head_requests: int = 0  # objects whose listing could not decide their selection
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class _ShardWriter:
-    """Writes manifest shards of at most ``size`` objects, one source per shard."""
+class _Shards:
+    """Numbers shards as objects are selected: one source per shard, a new shard at
+    ``size`` objects or ``max_bytes`` bytes (one shard of videos must not hold the run
+    back). The manifest itself is the ledger rows (``manifest``, ``shard``), readable
+    by every worker; only these descriptors leave the module."""
 
-    def __init__(self, folder: Path, size: int) -> None:
-        self.folder = folder
-        self.size = size
+    def __init__(self, manifest: str, size: int, max_bytes: int) -> None:
+        self.manifest, self.size, self.max_bytes = manifest, size, max_bytes
         self.shards: list[dict[str, Any]] = []
-        self._file: TextIO | None = None
 
-    def _open(self, source: str) -> None:
-        number = len(self.shards)
-        path = self.folder / f"shard-{number:05d}.jsonl"
-        self._file = path.open("w", encoding="utf-8")
-        self.shards.append({"shard": number, "path": str(path), "source": source, "objects": 0, "bytes": 0})
-
-    def add(self, source: str, record: dict[str, Any]) -> int:
+    def add(self, source: str, size: int, to: str) -> int:
         current = self.shards[-1] if self.shards else None
-        if current is None or current["source"] != source or current["objects"] >= self.size:
-            self.close()
-            self._open(source)
-            current = self.shards[-1]
-        assert self._file is not None
-        self._file.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        if (current is None or current["source"] != source or current["objects"] >= self.size
+                or (current["objects"] and current["bytes"] + size > self.max_bytes)):
+            current = {"manifest": self.manifest, "shard": len(self.shards), "last": len(self.shards),
+                       "source": source, "to": to, "objects": 0, "bytes": 0}
+            self.shards.append(current)
         current["objects"] += 1
-        current["bytes"] += record["size"]
+        current["bytes"] += size
         return current["shard"]
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+
+def group_shards(shards: list[dict[str, Any]], max_tasks: int) -> list[dict[str, Any]]:
+    """At most ``max_tasks`` descriptors (Airflow's ``max_map_length``): consecutive
+    shards of one source are merged into ranges ``shard..last``, balanced by count."""
+    if len(shards) <= max_tasks:
+        return shards
+    sources = list(dict.fromkeys(s["source"] for s in shards))
+    if len(sources) > max_tasks:
+        raise ValueError(f"{len(sources)} sources cannot fit in {max_tasks} mapped tasks (max_map_length)")
+    per = 1
+    while sum(-(-sum(1 for s in shards if s["source"] == src) // per) for src in sources) > max_tasks:
+        per += 1
+    out: list[dict[str, Any]] = []
+    for shard in shards:
+        last = out[-1] if out else None
+        if last is not None and last["source"] == shard["source"] and last["last"] - last["shard"] + 1 < per:
+            last.update(last=shard["shard"], objects=last["objects"] + shard["objects"],
+                        bytes=last["bytes"] + shard["bytes"])
+        else:
+            out.append(dict(shard))
+    return out
 
 
 def _pages(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -119,6 +135,9 @@ def run_inventory(
     ledger: Ledger,
     store_for: Callable[[Source], Store],
     placements: dict[str, dict[str, Any]] | None = None,
+    *,
+    max_tasks: int = 1024,
+    entries_for: Callable[[Source, Store], Iterable[Listed]] | None = None,
 ) -> InventoryResult:
     """Inventory every source of the policy; see the module docstring.
 
@@ -126,79 +145,91 @@ def run_inventory(
         store_for: the store that reads a source bucket.
         placements: preflight's result per bucket URI (location, jurisdiction),
             recorded with the counts; looked up again when missing.
+        max_tasks: most shard descriptors returned (Airflow's ``max_map_length``);
+            consecutive shards are grouped into ranges beyond it.
+        entries_for: where a source's entries come from instead of listing it
+            (an S3 Inventory report, :mod:`residency.s3inventory`).
     """
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    folder = Path(policy.control_dir) / policy.migration_id / "manifests" / stamp
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = _ShardWriter(folder, policy.transfer.shard_size)
+    shards = _Shards(stamp, policy.transfer.shard_size, policy.transfer.shard_bytes)
     ledger_counts: Counter = Counter()
+    requests: Counter = Counter()
     by_bucket: dict[str, BucketCounts] = {}
-    try:
-        for source in policy.sources:
-            store = store_for(source)
-            placement = (placements or {}).get(source.bucket_uri) or asdict(store.placement(source.ref.bucket))
-            counts = BucketCounts(source.bucket_uri, placement.get("jurisdiction"), placement.get("location", ""))
-            by_bucket[source.bucket_uri] = counts
-            log.info(
-                "inventory %s (prefix %r, %s, jurisdiction %s): listing",
-                source.bucket_uri, source.prefix, counts.location, counts.jurisdiction,
-            )
-            started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-            unreadable: list[dict[str, Any]] = []
-            with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-                for page in _pages(store.list_entries(source.ref.bucket, source.prefix), PAGE):
-                    infos = list(pool.map(lambda entry: _stat(store, entry.ref), page))
-                    rows = []
-                    for entry, info in zip(page, infos):
-                        counts.listed += 1
-                        counts.listed_bytes += entry.size
-                        if isinstance(info, StoreError):
-                            counts.unreadable += 1
-                            counts.unreadable_bytes += entry.size
-                            unreadable.append({"src_uri": entry.ref.uri, "size": entry.size,
-                                               "reason": f"{type(info).__name__}: {info.reason}"})
-                            log.error("inventory %s: UNREADABLE, cannot read its metadata: %s", entry.ref.uri, info.reason)
-                            continue
+    for source in policy.sources:
+        store = store_for(source)
+        placement = (placements or {}).get(source.bucket_uri) or asdict(store.placement(source.ref.bucket))
+        counts = BucketCounts(source.bucket_uri, placement.get("jurisdiction"), placement.get("location", ""))
+        by_bucket[source.bucket_uri] = counts
+        decide_by = source.decide_by or policy.selection.decide_by
+        log.info(
+            "inventory %s (prefix %r, %s, jurisdiction %s): listing; objects without a listed content type "
+            "are selected by %s", source.bucket_uri, source.prefix, counts.location, counts.jurisdiction,
+            "their extension (a HEAD only where it cannot decide)" if decide_by == "extension"
+            else "their content type (a HEAD per object)",
+        )
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        unreadable: list[dict[str, Any]] = []
+        entries = entries_for(source, store) if entries_for else _listing(store, source)
+        with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
+            for page in _pages(iter(entries), PAGE):
+                wanted = [e for e in page if _needs_head(policy, decide_by, e)]
+                requests["head"] += len(wanted)
+                stats = dict(zip((e.ref.uri for e in wanted), pool.map(lambda e: _stat(store, e.ref), wanted)))
+                rows = []
+                for entry in page:
+                    counts.listed += 1
+                    counts.listed_bytes += entry.size
+                    headed = entry.ref.uri in stats
+                    info = stats[entry.ref.uri] if headed else _listed_info(entry)
+                    if isinstance(info, StoreError):
+                        counts.unreadable += 1
+                        counts.unreadable_bytes += entry.size
+                        unreadable.append({"src_uri": entry.ref.uri, "size": entry.size,
+                                           "reason": f"{type(info).__name__}: {info.reason}"})
+                        log.error("inventory %s: UNREADABLE, cannot read its metadata: %s", entry.ref.uri, info.reason)
+                        continue
+                    if info.content_type is None and not headed:
+                        media = policy.selection.by_name(entry.ref.key)[1]
+                    else:
                         media = policy.selection.media_type(entry.ref.key, info.content_type)
-                        if media is None:
-                            counts.out_of_scope += 1
-                            counts.out_of_scope_bytes += entry.size
-                            log.info("inventory %s: out of scope (content type %s)", entry.ref.uri, info.content_type)
-                            continue
-                        row = _row(policy, source, info, media, writer)
-                        if row.get("state") == FAILED:
-                            counts.refused += 1
-                            log.error("inventory %s: FAILED: %s", entry.ref.uri, row["reason"])
-                        rows.append(row)
-                        counts.in_scope += 1
-                        counts.in_scope_bytes += info.size
-                        counts.by_media_type[media] += 1
-                        counts.by_media_type[f"{media}_bytes"] += info.size
-                    ledger_counts.update(ledger.upsert_discovered(policy.migration_id, rows))
-            ledger.replace_unreadable(policy.migration_id, source.bucket_uri, unreadable)
-            ledger.record_bucket(
-                policy.migration_id, source.bucket_uri, role="source", provider=source.ref.provider,
-                location=counts.location, jurisdiction=counts.jurisdiction,
-                placement_source=placement.get("source", "discovered"),
-                objects_listed=counts.listed, bytes_listed=counts.listed_bytes,
-                objects_in_scope=counts.in_scope, bytes_in_scope=counts.in_scope_bytes,
-                objects_out_of_scope=counts.out_of_scope, bytes_out_of_scope=counts.out_of_scope_bytes,
-                objects_unreadable=counts.unreadable, bytes_unreadable=counts.unreadable_bytes,
-                inventoried_at=started,
+                    if media is None:
+                        counts.out_of_scope += 1
+                        counts.out_of_scope_bytes += entry.size
+                        log.info("inventory %s: out of scope (%s)", entry.ref.uri,
+                                 f"content type {info.content_type}" if info.content_type else "by its name")
+                        continue
+                    row = _row(policy, source, info, media, shards, stamp)
+                    if row.get("state") == FAILED:
+                        counts.refused += 1
+                        log.error("inventory %s: FAILED: %s", entry.ref.uri, row["reason"])
+                    rows.append(row)
+                    counts.in_scope += 1
+                    counts.in_scope_bytes += info.size
+                    counts.by_media_type[media] += 1
+                    counts.by_media_type[f"{media}_bytes"] += info.size
+                ledger_counts.update(ledger.upsert_discovered(policy.migration_id, rows))
+        ledger.replace_unreadable(policy.migration_id, source.bucket_uri, unreadable)
+        ledger.record_bucket(
+            policy.migration_id, source.bucket_uri, role="source", provider=source.ref.provider,
+            location=counts.location, jurisdiction=counts.jurisdiction,
+            placement_source=placement.get("source", "discovered"),
+            objects_listed=counts.listed, bytes_listed=counts.listed_bytes,
+            objects_in_scope=counts.in_scope, bytes_in_scope=counts.in_scope_bytes,
+            objects_out_of_scope=counts.out_of_scope, bytes_out_of_scope=counts.out_of_scope_bytes,
+            objects_unreadable=counts.unreadable, bytes_unreadable=counts.unreadable_bytes,
+            inventoried_at=started,
+        )
+        log.info(
+            "inventory %s: listed %d objects (%d bytes) = %d in scope (%d bytes) + %d out of scope + "
+            "%d unreadable; %d refused; %d HEAD requests (objects whose listing could not decide)",
+            source.bucket_uri, counts.listed, counts.listed_bytes, counts.in_scope, counts.in_scope_bytes,
+            counts.out_of_scope, counts.unreadable, counts.refused, requests["head"],
+        )
+        if counts.in_scope == 0:
+            log.warning(
+                "inventory %s: NOTHING IN SCOPE under prefix %r (%d objects listed): check the prefix and the "
+                "selection; the evidence will say so", source.bucket_uri, source.prefix, counts.listed,
             )
-            log.info(
-                "inventory %s: listed %d objects (%d bytes) = %d in scope (%d bytes) + %d out of scope + "
-                "%d unreadable; %d refused",
-                source.bucket_uri, counts.listed, counts.listed_bytes, counts.in_scope, counts.in_scope_bytes,
-                counts.out_of_scope, counts.unreadable, counts.refused,
-            )
-            if counts.in_scope == 0:
-                log.warning(
-                    "inventory %s: NOTHING IN SCOPE under prefix %r (%d objects listed): check the prefix and the "
-                    "selection; the evidence will say so", source.bucket_uri, source.prefix, counts.listed,
-                )
-    finally:
-        writer.close()
 
     by_jurisdiction: dict[str, Counter] = {}
     by_media: dict[str, Counter] = {}
@@ -211,8 +242,8 @@ def run_inventory(
             )
     return InventoryResult(
         migration_id=policy.migration_id,
-        manifest_dir=str(folder),
-        shards=writer.shards,
+        manifest=stamp,
+        shards=group_shards(shards.shards, max_tasks),
         objects_listed=sum(c.listed for c in by_bucket.values()),
         objects_in_scope=sum(c.in_scope for c in by_bucket.values()),
         bytes_in_scope=sum(c.in_scope_bytes for c in by_bucket.values()),
@@ -230,6 +261,7 @@ def run_inventory(
         ledger=dict(ledger_counts),
         errors=sum(c.errors for c in by_bucket.values()),
         refused=sum(c.refused for c in by_bucket.values()),
+        head_requests=requests["head"],
     )
 
 
@@ -240,8 +272,33 @@ def _stat(store: Store, ref: ObjectRef) -> ObjectInfo | StoreError:
         return exc
 
 
-def _row(policy: Policy, source: Source, info: ObjectInfo, media: str, writer: _ShardWriter) -> dict[str, Any]:
-    """The ledger row of an in-scope object; written to a manifest shard unless refused."""
+def _listing(store: Store, source: Source) -> Iterator[Listed]:
+    """The source's live objects; ListObjectVersions where S3 versioning is on, so that
+    each object is pinned by its VersionId as well as its ETag (one request per bucket to ask)."""
+    versioned = bool(getattr(store, "versioning_enabled", None) and store.versioning_enabled(source.ref.bucket))
+    return store.list_entries(source.ref.bucket, source.prefix, with_version=versioned)
+
+
+def _needs_head(policy: Policy, decide_by: str, entry: Listed) -> bool:
+    """A HEAD only where the listing cannot decide the selection."""
+    if entry.content_type is not None:
+        return False
+    return decide_by == "content_type" or not policy.selection.by_name(entry.ref.key)[0]
+
+
+def _listed_info(entry: Listed) -> ObjectInfo:
+    """What the listing says, as the pins and checksums a copy needs."""
+    known = entry.metadata is not None
+    return ObjectInfo(
+        ref=entry.ref, size=entry.size, etag=entry.etag, version=entry.version, content_type=entry.content_type,
+        checksums=dict(entry.checksums), metadata=dict(entry.metadata or {}), headers=dict(entry.headers or {}),
+        last_modified=entry.last_modified, multipart=entry.multipart, metadata_known=known,
+    )
+
+
+def _row(policy: Policy, source: Source, info: ObjectInfo, media: str, shards: _Shards,
+         manifest: str) -> dict[str, Any]:
+    """The ledger row of an in-scope object, in a shard of this manifest unless refused."""
     dst = policy.destination_for(source).dst_ref(info.ref)
     row: dict[str, Any] = {
         "src_uri": info.ref.uri,
@@ -249,12 +306,15 @@ def _row(policy: Policy, source: Source, info: ObjectInfo, media: str, writer: _
         "dst_uri": dst.uri,
         "route": policy.route(source),
         "shard": -1,
+        "manifest": manifest,
         "size": info.size,
         "content_type": info.content_type,
         "media_type": media,
         "src_version": info.version,
         "src_etag": info.etag,
         "src_checksums": dict(info.checksums),
+        "src_meta": ({"content_type": info.content_type, "metadata": dict(info.metadata),
+                      "headers": dict(info.headers)} if info.metadata_known else None),
     }
     length = len(dst.key.encode("utf-8"))
     if length > MAX_KEY_BYTES:
@@ -262,16 +322,5 @@ def _row(policy: Policy, source: Source, info: ObjectInfo, media: str, writer: _
         row.update(state=FAILED, reason=f"{INVENTORY_REFUSAL}destination key {dst.uri[:80]}... is {length} bytes "
                                         f"of UTF-8, over the {MAX_KEY_BYTES}-byte limit of {dst.provider}")
         return row
-    row["shard"] = writer.add(source.bucket_uri, {
-        "src_uri": info.ref.uri, "dst_uri": dst.uri, "size": info.size,
-        "src_version": info.version, "src_etag": info.etag,
-    })
+    row["shard"] = shards.add(source.bucket_uri, info.size, source.to)
     return row
-
-
-def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream the records of one manifest shard."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)

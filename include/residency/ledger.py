@@ -61,7 +61,15 @@ objects = sa.Table(
     sa.Column("attest_method", sa.String(32)),  # listing_checksum | listing_etag | head | read_back | reverified
     sa.Column("attest_note", sa.Text),  # e.g. the source was deleted since verification
     sa.Column("src_checked_at", sa.String(40)),  # stamp of the attest run whose source listing saw it unchanged
+    # The manifest: the inventory run (its stamp) and the shard that lists the object.
+    # Every worker reads its shard from here; no manifest lives on a worker's disk.
+    sa.Column("manifest", sa.String(40)),
+    # What the source listing said beyond the pins, where it says it (GCS: content
+    # type, user metadata, content headers), JSON; NULL where a copy must keep the
+    # source's own (S3 lists none of them).
+    sa.Column("src_meta", sa.Text),
     sa.Index("ix_residency_objects_dst", "migration_id", "dst_uri"),
+    sa.Index("ix_residency_objects_shard", "migration_id", "manifest", "shard"),
     # Progress by bucket, route and state, read from the index alone (the dashboard's counts).
     sa.Index("ix_residency_objects_progress", "migration_id", "src_bucket_uri", "route", "state",
              postgresql_include=["size"]),
@@ -272,9 +280,12 @@ class Ledger:
             }
             stamp = now()
             inserts = []
+            updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for row in rows:
                 values = dict(row, migration_id=migration_id, updated_at=stamp)
                 values["src_checksums"] = json.dumps(row.get("src_checksums") or {}, sort_keys=True)
+                if not isinstance(values.get("src_meta"), (str, type(None))):
+                    values["src_meta"] = json.dumps(values["src_meta"], sort_keys=True)
                 refused = values.pop("state", None) == FAILED
                 reason = values.pop("reason", None)
                 old = existing.get(row["src_uri"])
@@ -284,7 +295,7 @@ class Ledger:
                     if old is None:
                         inserts.append(dict(values, attempts=0))
                     else:
-                        conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**values))
+                        _group_update(updates, row["src_uri"], _without_keys(values))
                     continue
                 if old is None:
                     inserts.append(dict(values, state=DISCOVERED, attempts=0))
@@ -292,22 +303,23 @@ class Ledger:
                 elif (old.src_version, old.src_etag) != (row.get("src_version"), row.get("src_etag")):
                     values.update(state=DISCOVERED, reason=f"source changed since previous inventory (was etag "
                                                           f"{old.src_etag}, version {old.src_version})", **_NO_VERDICT)
-                    conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**values))
+                    _group_update(updates, row["src_uri"], _without_keys(values))
                     counts["requeued"] += 1
                 elif old.dst_uri != row["dst_uri"]:
                     values.update(state=DISCOVERED, reason=f"destination plan changed (was {old.dst_uri}): "
                                                           "copied and verified again at the new destination",
                                   **_NO_VERDICT)
-                    conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**values))
+                    _group_update(updates, row["src_uri"], _without_keys(values))
                     counts["requeued"] += 1
                 else:
                     # Same source version, same destination: keep progress; a failure
                     # recorded at inventory (no longer refused now) gets another chance.
-                    keep = {k: values[k] for k in ("shard", "route", "updated_at")}
+                    keep = {k: values[k] for k in ("shard", "route", "updated_at", "manifest", "src_meta") if k in values}
                     if old.state == FAILED and (old.reason or "").startswith(INVENTORY_REFUSAL):
                         keep.update(state=DISCOVERED, reason=None)
-                    conn.execute(_where_obj(objects.update(), migration_id, row["src_uri"]).values(**keep))
+                    _group_update(updates, row["src_uri"], keep)
                     counts["unchanged"] += 1
+            _bulk_update(conn, migration_id, updates)
             if inserts:
                 # executemany needs one set of keys for every row
                 names = set().union(*inserts)
@@ -455,12 +467,44 @@ class Ledger:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def update_object(self, migration_id: str, src_uri: str, **values: Any) -> None:
-        for key in ("src_checksums", "dst_checksums"):
-            if key in values and not isinstance(values[key], (str, type(None))):
-                values[key] = json.dumps(values[key], sort_keys=True)
-        values["updated_at"] = now()
+        self.update_objects(migration_id, [(src_uri, values)])
+
+    def update_objects(self, migration_id: str, updates: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+        """Apply ``(src_uri, values)`` updates in one transaction: one executemany per
+        set of column names, never a transaction per object. Returns how many."""
+        stamp = now()
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        count = 0
+        for src_uri, values in updates:
+            _group_update(groups, src_uri, dict(values, updated_at=stamp))
+            count += 1
+        if not groups:
+            return 0
         with self.engine.begin() as conn:
-            conn.execute(_where_obj(objects.update(), migration_id, src_uri).values(**values))
+            _bulk_update(conn, migration_id, groups)
+        return count
+
+    def iter_shard(self, migration_id: str, manifest: str | None, first: int, last: int | None = None,
+                   batch: int = 2000) -> Iterator[dict[str, Any]]:
+        """The rows of shards ``first..last`` of one inventory's manifest, in shard and
+        ``src_uri`` order, fetched in pages (bounded memory; any worker can read them)."""
+        last = first if last is None else last
+        cursor: tuple[int, str] = (first, "")
+        while True:
+            query = (
+                sa.select(objects).where(objects.c.migration_id == migration_id)
+                .where(objects.c.shard.between(first, last))
+                .where(sa.tuple_(objects.c.shard, objects.c.src_uri) > sa.tuple_(sa.literal(cursor[0]),
+                                                                                 sa.literal(cursor[1])))
+                .order_by(objects.c.shard, objects.c.src_uri).limit(batch)
+            )
+            query = query.where(objects.c.manifest == manifest) if manifest else query.where(objects.c.manifest.is_(None))
+            with self.engine.connect() as conn:
+                rows = [decode_row(r) for r in conn.execute(query).mappings()]
+            yield from rows
+            if len(rows) < batch:
+                return
+            cursor = (rows[-1]["shard"], rows[-1]["src_uri"])
 
     def get_object(self, migration_id: str, src_uri: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -671,11 +715,39 @@ def _where_obj(stmt: Any, migration_id: str, src_uri: str) -> Any:
     return stmt.where(objects.c.migration_id == migration_id).where(objects.c.src_uri == src_uri)
 
 
+def _without_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in ("migration_id", "src_uri")}
+
+
+def _group_update(groups: dict[tuple[str, ...], list[dict[str, Any]]], src_uri: str, values: dict[str, Any]) -> None:
+    """Add one object's update to ``groups`` (keyed by its column names), JSON columns encoded."""
+    for key in ("src_checksums", "dst_checksums", "src_meta"):
+        if key in values and not isinstance(values[key], (str, type(None))):
+            values[key] = json.dumps(values[key], sort_keys=True)
+    groups.setdefault(tuple(sorted(values)), []).append(
+        {**{f"v_{k}": v for k, v in values.items()}, "b_src_uri": src_uri}
+    )
+
+
+def _bulk_update(conn: Connection, migration_id: str, groups: Mapping[tuple[str, ...], list[dict[str, Any]]]) -> None:
+    """One executemany UPDATE per set of column names (see :func:`_group_update`)."""
+    for names, params in groups.items():
+        stmt = (
+            objects.update()
+            .where(objects.c.migration_id == migration_id)
+            .where(objects.c.src_uri == sa.bindparam("b_src_uri"))
+            .values({n: sa.bindparam(f"v_{n}") for n in names})
+        )
+        conn.execute(stmt, params)
+
+
 def decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row of ``residency_objects`` with its checksum columns decoded from JSON."""
     out = dict(row)
     for key in ("src_checksums", "dst_checksums"):
         out[key] = json.loads(out[key]) if out.get(key) else {}
+    if out.get("src_meta"):
+        out["src_meta"] = json.loads(out["src_meta"])
     return out
 
 

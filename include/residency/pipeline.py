@@ -62,7 +62,9 @@ class Runtime:
             )
         self.dry_run = bool(plan.get("dry_run"))
         self.credentials = credentials
-        self.ledger = Ledger(ledger_url(self.policy, credentials), run_id=(self.plan.get("run") or {}).get("run_id"))
+        run = self.plan.get("run") or {}
+        self.ledger = Ledger(ledger_url(self.policy, credentials, distributed=bool(run.get("distributed"))),
+                             run_id=run.get("run_id"))
         self.ledger.create_schema()
         self._stores: dict[str, Store] = {}
 
@@ -141,14 +143,30 @@ def _database(credentials: Credentials, conn_id: str, field: str) -> DatabaseCre
     return creds
 
 
-def ledger_url(policy: Policy, credentials: Credentials | None) -> str:
-    """The ledger's URL: the policy's ``ledger_url`` (or the default), or its ``ledger_conn_id``."""
+def ledger_url(policy: Policy, credentials: Credentials | None, *, distributed: bool = False) -> str:
+    """The ledger's URL: the policy's ``ledger_url`` (or the default), or its ``ledger_conn_id``.
+
+    With ``distributed`` (tasks run on several machines: CeleryExecutor,
+    KubernetesExecutor), a SQLite ledger is refused: it is one machine's file, and
+    the manifest and every object's state must be where every worker reaches them.
+    """
     if policy.ledger_conn_id:
         if credentials is None:
             raise PolicyError("ledger_conn_id", policy.ledger_conn_id, "needs the Airflow connections to be read")
-        return _database(credentials, policy.ledger_conn_id, "ledger_conn_id").url
-    assert policy.ledger_url is not None
-    return policy.ledger_url
+        url = _database(credentials, policy.ledger_conn_id, "ledger_conn_id").url
+        field, shown = "ledger_conn_id", policy.ledger_conn_id
+    else:
+        assert policy.ledger_url is not None
+        url = policy.ledger_url
+        field, shown = "ledger_url", redact_db_url(url)
+    if distributed and url.startswith("sqlite"):
+        raise PolicyError(
+            field, shown,
+            "a SQLite ledger is a file on one machine, but this Airflow runs tasks on several workers "
+            "(a distributed executor): name a PostgreSQL ledger (ledger_conn_id or a postgresql:// ledger_url) "
+            "that every worker reaches",
+        )
+    return url
 
 
 def _compact(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,7 +193,7 @@ def plan_run(
         "destinations": {p: d.ref.uri for p, d in policy.destinations.items()},
         "run": dict(run or {}),
     }
-    url = ledger_url(policy, credentials)
+    url = ledger_url(policy, credentials, distributed=bool((run or {}).get("distributed")))
     ledger = Ledger(url)
     ledger.create_schema()
     ledger.audit(policy.migration_id, "run.planned", {k: v for k, v in plan.items() if k != "run"} | {"run": dict(run or {})})
@@ -271,8 +289,15 @@ def _preflight_references(rt: Runtime) -> list[str]:
 
 def run_inventory(rt: Runtime, placements: Mapping[str, Any] | None) -> dict[str, Any]:
     rt.begin("inventory")
-    result = inventory.run_inventory(rt.policy, rt.ledger, rt.source_store, dict(placements or {}))
+    max_tasks = int((rt.plan.get("run") or {}).get("max_map_length") or 1024)
+    result = inventory.run_inventory(rt.policy, rt.ledger, rt.source_store, dict(placements or {}),
+                                     max_tasks=max_tasks, entries_for=_report_entries(rt))
     return rt.end("inventory", result.summary())
+
+
+def _report_entries(rt: Runtime) -> Any:
+    """Where a source names an S3 Inventory report, its entries instead of a listing."""
+    return None
 
 
 def _shard_stores(rt: Runtime, shard: Mapping[str, Any]) -> tuple[Store, Store]:
@@ -282,7 +307,9 @@ def _shard_stores(rt: Runtime, shard: Mapping[str, Any]) -> tuple[Store, Store]:
 
 def shard_label(shard: Mapping[str, Any]) -> str:
     """A readable name for a mapped task instance (Airflow's map_index_template)."""
-    return f"shard {shard['shard']:05d} {shard['source']} ({shard['objects']} objects)"
+    last = shard.get("last", shard["shard"])
+    number = f"{shard['shard']:05d}" + (f"-{last:05d}" if last != shard["shard"] else "")
+    return f"shard {number} {shard['source']} ({shard['objects']} objects)"
 
 
 def copy_shard(rt: Runtime, shard: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import mimetypes
 import os
 import re
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Source:
     conn_id: str
     to: str  # destination provider
     location: str | None = None  # declared location, when the server cannot tell
+    decide_by: str | None = None  # overrides selection.decide_by for this source
 
     @property
     def bucket_uri(self) -> str:
@@ -81,6 +83,36 @@ class Selection:
     media_types: tuple[str, ...] = ("image", "video", "audio")
     extensions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_EXTENSIONS))
     exclude_prefixes: tuple[str, ...] = ()
+    #: How an object whose listing carries no content type (S3) is selected:
+    #: ``extension`` decides by the name where it can (a HEAD only for a missing or
+    #: unknown extension), ``content_type`` HEADs every object and lets the stored
+    #: content type decide. Where the listing reports content types (GCS), they decide.
+    decide_by: str = "extension"
+
+    def by_name(self, key: str) -> tuple[bool, str | None]:
+        """``(decided, media type or None)`` from the key alone, for ``decide_by: extension``.
+
+        A media extension of the policy selects; an extension the standard MIME
+        table maps to a type that is not a selected media type (``.json``, ``.log``)
+        leaves the object out; no extension, an unknown one, or one of a selected
+        media type that the policy does not list (``.tiff`` with a narrowed list)
+        is not decided (the caller asks the server for the content type).
+        """
+        if any(key.startswith(p) for p in self.exclude_prefixes):
+            return True, None
+        lower = key.lower()
+        for media in self.media_types:
+            if lower.endswith(tuple(self.extensions.get(media, ()))):
+                return True, media
+        name = lower.rsplit("/", 1)[-1]
+        if name.endswith(NON_MEDIA_EXTENSIONS):
+            return True, None
+        guessed, _ = mimetypes.guess_type(name, strict=False)
+        if guessed is None or guessed in GENERIC_CONTENT_TYPES:
+            return False, None
+        if guessed.split("/")[0] in self.media_types:
+            return False, None
+        return True, None
 
     def media_type(self, key: str, content_type: str | None) -> str | None:
         """The media type of an object, or ``None`` when it is out of scope.
@@ -101,11 +133,20 @@ class Selection:
         return None
 
 
+#: Extensions of what object stores commonly hold beside media that the standard
+#: MIME table does not know (it knows .json, .txt, .csv, .html, .zip, ...).
+NON_MEDIA_EXTENSIONS = (".log", ".jsonl", ".ndjson", ".parquet", ".orc", ".avro", ".tsv", ".yaml", ".yml", ".md")
+
+#: How objects without a listed content type are selected (see :attr:`Selection.decide_by`).
+DECIDE_BY = ("extension", "content_type")
+
+
 @dataclass(frozen=True)
 class Transfer:
     multipart_threshold: int = 64 * MiB
     part_size: int = 64 * MiB
     shard_size: int = 200
+    shard_bytes: int = 1024 * MiB  # a shard closes at shard_size objects or this many bytes
     workers: int = 8
     sha256: bool = False  # also prove every object with SHA-256 (reads back what no server reports)
 
@@ -439,7 +480,7 @@ def _sources(doc: Mapping[str, Any], destinations: Mapping[str, Destination]) ->
         prefix = f"sources[{i}]."
         if not isinstance(item, dict):
             raise PolicyError(f"sources[{i}]", item, "expected a mapping")
-        _no_unknown(item, prefix, {"uri", "conn_id", "to", "location"})
+        _no_unknown(item, prefix, {"uri", "conn_id", "to", "location", "decide_by"})
         ref = parse_uri(_req(item, "uri", str, prefix), f"{prefix}uri")
         to = item.get("to", ref.provider)
         if to not in destinations:
@@ -459,7 +500,10 @@ def _sources(doc: Mapping[str, Any], destinations: Mapping[str, Destination]) ->
                     "objects would be migrated twice; narrow one of them or merge them",
                 )
         seen.add(ref.uri)
-        out.append(Source(ref, _conn_id(item, "conn_id", prefix), to, _location(item, prefix)))
+        decide_by = item.get("decide_by")
+        if decide_by is not None and decide_by not in DECIDE_BY:
+            raise PolicyError(f"{prefix}decide_by", decide_by, f"expected one of {', '.join(DECIDE_BY)}")
+        out.append(Source(ref, _conn_id(item, "conn_id", prefix), to, _location(item, prefix), decide_by))
     for provider, destination in destinations.items():
         routed = {s.ref.bucket_uri for s in out if s.to == provider}
         if len(routed) > 1 and "{src_bucket}" not in destination.key_template:
@@ -474,7 +518,10 @@ def _sources(doc: Mapping[str, Any], destinations: Mapping[str, Destination]) ->
 def _selection(raw: Any) -> Selection:
     if not isinstance(raw, dict):
         raise PolicyError("selection", raw, "expected a mapping")
-    _no_unknown(raw, "selection.", {"media_types", "extensions", "exclude_prefixes"})
+    _no_unknown(raw, "selection.", {"media_types", "extensions", "exclude_prefixes", "decide_by"})
+    decide_by = raw.get("decide_by", "extension")
+    if decide_by not in DECIDE_BY:
+        raise PolicyError("selection.decide_by", decide_by, f"expected one of {', '.join(DECIDE_BY)}")
     media = raw.get("media_types", ["image", "video", "audio"])
     if not isinstance(media, list) or not media or any(m not in DEFAULT_EXTENSIONS for m in media):
         raise PolicyError("selection.media_types", media, "expected a non-empty list of image, video, audio")
@@ -494,7 +541,7 @@ def _selection(raw: Any) -> Selection:
     for i, value in enumerate(excludes):
         if not value:
             raise PolicyError(f"selection.exclude_prefixes[{i}]", value, "an empty prefix excludes every object")
-    return Selection(tuple(media), extensions, tuple(excludes))
+    return Selection(tuple(media), extensions, tuple(excludes), decide_by)
 
 
 def _positive_int(raw: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -507,7 +554,8 @@ def _positive_int(raw: Mapping[str, Any], name: str, default: int, low: int, hig
 def _transfer(raw: Any) -> Transfer:
     if not isinstance(raw, dict):
         raise PolicyError("transfer", raw, "expected a mapping")
-    _no_unknown(raw, "transfer.", {"multipart_threshold_mb", "part_size_mb", "shard_size", "workers", "sha256"})
+    _no_unknown(raw, "transfer.", {"multipart_threshold_mb", "part_size_mb", "shard_size", "shard_mb", "workers",
+                                   "sha256"})
     sha256 = raw.get("sha256", False)
     if not isinstance(sha256, bool):
         raise PolicyError("transfer.sha256", sha256, "expected true or false")
@@ -519,6 +567,7 @@ def _transfer(raw: Any) -> Transfer:
         multipart_threshold=threshold * MiB,
         part_size=part * MiB,
         shard_size=_positive_int(raw, "shard_size", 200, 1, 100_000),
+        shard_bytes=_positive_int(raw, "shard_mb", 1024, 1, 10 * 1024 * 1024) * MiB,
         workers=_positive_int(raw, "workers", 8, 1, 64),
         sha256=sha256,
     )

@@ -17,13 +17,16 @@ rclone's checker: a missing hash is never a match.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
+import os
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from itertools import islice
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import quote, unquote
 
 from . import checksums
@@ -36,10 +39,9 @@ from .errors import (
     SourceChanged,
     StoreError,
 )
-from .inventory import read_shard
 from .ledger import CUT_OVER, COPIED, FAILED, VERIFIED, Ledger, now
 from .policy import Policy
-from .stores.base import PROVENANCE_PREFIX, ObjectInfo, Store
+from .stores.base import PROVENANCE_PREFIX, Listed, ObjectInfo, Store
 from .uris import ObjectRef, parse_uri
 
 log = logging.getLogger(__name__)
@@ -120,9 +122,19 @@ def provenance_metadata(migration_id: str, src: ObjectInfo) -> dict[str, str]:
     return {PROVENANCE_PREFIX + k: v for k, v in md.items()}
 
 
-def written_by_us(dst: ObjectInfo, migration_id: str, src_uri: str) -> bool:
+def written_by_us(dst: ObjectInfo, migration_id: str, src_uri: str, store: Store | None = None) -> bool:
+    """Did this migration write ``dst`` from ``src_uri``? From its provenance metadata,
+    or, for a copy that kept the source's own metadata, its provenance tags (S3; one
+    request, asked only of an object that is in the way)."""
     prov = dst.provenance
-    return prov.get("migration") == migration_id and unquote(prov.get("source-uri", "")) == src_uri
+    if prov:
+        return prov.get("migration") == migration_id and unquote(prov.get("source-uri", "")) == src_uri
+    tags = getattr(store, "tag_provenance", None)
+    if tags is None:
+        return False
+    prov = tags(dst.ref)
+    digest = hashlib.sha256(quote(src_uri, safe=":/").encode("utf-8")).hexdigest()
+    return prov.get("migration") == migration_id and prov.get("source-uri-sha256") == digest
 
 
 def same_service(src: Store, dst: Store) -> bool:
@@ -248,9 +260,13 @@ def copy_shard(
     *,
     dry_run: bool = False,
 ) -> CopyResult:
-    """Copy the objects of one manifest shard; one outcome per object in the ledger."""
-    return copy_rows(policy, ledger, [r["src_uri"] for r in read_shard(shard["path"])], src_store, dst_store,
-                     shard=shard["shard"], dry_run=dry_run)
+    """Copy the objects of one shard (or range of shards) of the manifest in the ledger."""
+    result = CopyResult(shard=shard["shard"], dry_run=dry_run)
+    rows = ledger.iter_shard(policy.migration_id, shard.get("manifest"), shard["shard"], shard.get("last"))
+    for page in _pages(rows, PAGE):
+        _copy_page(policy, ledger, page, src_store, dst_store, result, dry_run=dry_run)
+    _log_copy(result)
+    return result
 
 
 def copy_rows(
@@ -265,17 +281,67 @@ def copy_rows(
 ) -> CopyResult:
     """Copy the named objects (all of one source); one outcome per object in the ledger."""
     result = CopyResult(shard=shard, dry_run=dry_run)
-    rows = ledger.get_objects(policy.migration_id, src_uris)
+    for names in _pages(iter(src_uris), PAGE):
+        rows = ledger.get_objects(policy.migration_id, names)
+        for name in names:
+            if name not in rows:
+                _tally(result, objects=1)
+                _fail(result, None, policy, name, "not in the ledger: inventory was not recorded")
+        _copy_page(policy, ledger, [rows[n] for n in names if n in rows], src_store, dst_store, result,
+                   dry_run=dry_run)
+    _log_copy(result)
+    return result
+
+
+#: Objects handled per page: one destination listing, one ledger read and a few
+#: batched ledger writes per page.
+PAGE = 1000
+
+
+def _pages(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while page := list(islice(rows, size)):
+        yield page
+
+
+def _log_copy(result: CopyResult) -> None:
+    log.info(
+        "copy shard %d summary: %d objects, %d copied (%d bytes), %d already present, %d already verified, %d failed; "
+        "methods %s",
+        result.shard, result.objects, result.copied, result.copied_bytes, result.already_present,
+        result.already_verified, result.failed, dict(result.methods),
+    )
+
+
+def _copy_page(
+    policy: Policy,
+    ledger: Ledger,
+    rows: list[dict[str, Any]],
+    src_store: Store,
+    dst_store: Store,
+    result: CopyResult,
+    *,
+    dry_run: bool,
+) -> None:
+    """Copy one page of ledger rows; the ledger is written in batches.
+
+    Server-side, each object takes one copy request: it names the inventoried
+    version and ETag, refuses to overwrite, and its response (the new object's
+    checksum) is the copy's proof against the source's. Where the server does
+    not refuse a copy onto an existing key, the destination range is listed
+    first and only keys found there are examined. Everything else (an existing
+    destination, a refused precondition, no server-side copy) takes the careful
+    path of :func:`_copy_one`.
+    """
     server_side = same_service(src_store, dst_store)
     progress = _Progress(ledger, policy.migration_id, "copy")
+    writes = _Writes(ledger, policy.migration_id)
+    todo = [r for r in rows if r["state"] not in DONE]
+    existing: dict[str, Listed] | None = None
+    if server_side and not dry_run and todo and not dst_store.capabilities.create_only_copies:
+        existing = listed_range(dst_store, [r["dst_uri"] for r in todo])
 
-    def one(src_uri: str) -> None:
-        row = rows.get(src_uri)
-        _tally(result, objects=1)
-        if row is None:
-            _fail(result, ledger, policy, src_uri, "not in the ledger: inventory was not recorded")
-            return
-        _tally(result, bytes=row["size"])
+    def one(row: dict[str, Any]) -> None:
+        _tally(result, objects=1, bytes=row["size"])
         if row["state"] in DONE:
             _tally(result, already_verified=1)
             log.info("copy %s: skipped, already verified at %s", row["src_uri"], row["dst_uri"])
@@ -285,33 +351,163 @@ def copy_rows(
             log.info("copy %s -> %s: would copy %d bytes (dry run)", row["src_uri"], row["dst_uri"], row["size"])
             return
         try:
-            action, method, streamed = _copy_one(policy, row, src_store, dst_store, server_side)
+            fast = server_side and (existing is None or row["dst_uri"] not in existing)
+            outcome = _fast_copy(policy, row, dst_store) if fast else None
+            if outcome is None:
+                action, method, streamed = _copy_one(policy, row, src_store, dst_store, server_side)
+                extra: dict[str, Any] = dict(_NO_PROOF)
+                if streamed:
+                    extra["src_checksums"] = {**row["src_checksums"], **streamed}
+            else:
+                action, method, extra = outcome
         except StoreError as exc:
-            _fail(result, ledger, policy, row["src_uri"], f"{type(exc).__name__}: {exc.reason}", row)
+            _fail(result, writes, policy, row["src_uri"], f"{type(exc).__name__}: {exc.reason}", row)
             progress.add(row, "failed")
             return
-        extra = {"src_checksums": {**row["src_checksums"], **streamed}} if streamed else {}
-        ledger.update_object(
-            policy.migration_id, row["src_uri"], state=COPIED, copy_action=action, copy_method=method,
-            reason=None, attempts=row["attempts"] + 1, **extra,
-        )
+        writes.add(row["src_uri"], dict(state=COPIED, copy_action=action, copy_method=method, reason=None,
+                                         attempts=row["attempts"] + 1, **extra))
         progress.add(row, action)
         if action == "copied":
-            _tally(result, copied=1)
-            _tally(result, copied_bytes=row["size"])
-            _tally(result, methods=(method, 1))
+            _tally(result, copied=1, copied_bytes=row["size"], methods=(method, 1))
         else:
             _tally(result, already_present=1)
 
-    with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-        list(pool.map(one, src_uris))
-    progress.flush()
-    log.info(
-        "copy shard %d summary: %d objects, %d copied (%d bytes), %d already present, %d already verified, %d failed",
-        result.shard, result.objects, result.copied, result.copied_bytes, result.already_present,
-        result.already_verified, result.failed,
+    try:
+        with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
+            list(pool.map(one, rows))
+    finally:
+        writes.flush()
+        progress.flush()
+
+
+#: Columns a copy without proof in its response resets (verification decides them).
+_NO_PROOF: dict[str, Any] = {"dst_etag": None, "dst_version": None, "dst_checksums": None,
+                             "verify_algorithm": None, "verify_method": None, "proof": None}
+#: ``verify_method`` of a copy whose response proved it; verification then needs
+#: only the destination listing to show that very object.
+COPY_RESPONSE = "copy_response"
+
+
+def row_info(row: Mapping[str, Any]) -> ObjectInfo:
+    """The inventoried source object as the ledger records it (no request)."""
+    meta = row.get("src_meta")
+    return ObjectInfo(
+        ref=parse_uri(row["src_uri"], "ledger src_uri"), size=int(row["size"]), etag=row.get("src_etag"),
+        version=row.get("src_version"), content_type=(meta or {}).get("content_type", row.get("content_type")),
+        checksums=dict(row.get("src_checksums") or {}), metadata=dict((meta or {}).get("metadata") or {}),
+        headers=dict((meta or {}).get("headers") or {}), metadata_known=meta is not None,
     )
-    return result
+
+
+def _fast_copy(policy: Policy, row: dict[str, Any], dst_store: Store) -> tuple[str, str, dict[str, Any]] | None:
+    """One create-only server-side copy of the inventoried version; ``None`` when the
+    destination exists (the careful path decides then).
+
+    Returns ``("copied", method, values)``, where ``values`` carry the proof when the
+    response's checksum of the new object equals the source's (see :func:`response_proof`).
+    """
+    src = row_info(row)
+    dst_ref = parse_uri(row["dst_uri"])
+    metadata = {k: v for k, v in src.metadata.items() if not k.startswith(PROVENANCE_PREFIX)}
+    metadata.update(provenance_metadata(policy.migration_id, src))
+    try:
+        info = dst_store.copy(src, dst_ref, metadata=metadata, create_only=True)
+    except PreconditionFailed:
+        return None  # the destination exists (the source's precondition was told apart by the store)
+    except PermissionDenied:
+        return None  # the careful path streams when the destination's credentials cannot read the source
+    threshold = getattr(getattr(dst_store, "transfer", None), "multipart_threshold", float("inf"))
+    method = "server_side_multipart" if src.size > threshold else "server_side"
+    values: dict[str, Any] = dict(_NO_PROOF)
+    proof = None if policy.transfer.sha256 else response_proof(row, src, info)
+    if proof is not None:
+        values.update(proof)
+        log.info("copy %s -> %s: copied %d bytes (%s), proven by the response: %s %s", src.ref.uri, dst_ref.uri,
+                 src.size, method, proof["verify_algorithm"], proof["dst_checksums"][proof["verify_algorithm"]])
+    else:
+        log.info("copy %s -> %s: copied %d bytes (%s); the response proves nothing about the source's bytes, "
+                 "verification will ask the servers", src.ref.uri, dst_ref.uri, src.size, method)
+    return "copied", method, values
+
+
+def response_proof(row: Mapping[str, Any], src: ObjectInfo, info: ObjectInfo) -> dict[str, Any] | None:
+    """The proof a server-side copy's response carries, or ``None``.
+
+    The response reports a checksum the destination's server computed of the new
+    object (S3: the ETag, an MD5 unless SSE-KMS/SSE-C, and the CRC32C asked for;
+    GCS: CRC32C and MD5). It proves the copy when it equals a checksum of the
+    inventoried source version: one its listing reported (GCS), or its listed
+    S3 ETag, when 32 hex digits. Such an ETag is the MD5 of the source's bytes
+    unless the source is SSE-KMS / SSE-C, whose ETag is not an MD5 of anything
+    and cannot equal the MD5 the server computed of the copy; the equality is the
+    proof, as an MD5 collision is not a risk here. No equality: no proof, and
+    verification asks the servers (a source changed despite the precondition, on
+    a server that ignores it, is found there).
+    """
+    expected = dict(src.checksums)
+    origin = {a: "reported by the source's listing" for a in expected}
+    etag_md5 = checksums.md5_from_etag(src.etag) if not src.multipart else None
+    if etag_md5 and "md5" not in expected:
+        expected["md5"] = etag_md5
+        origin["md5"] = "the source's inventoried ETag, named as the copy's precondition"
+    theirs = dict(info.checksums)
+    algorithm = checksums.common_algorithm(expected, theirs)
+    if algorithm is None or expected[algorithm] != theirs[algorithm]:
+        return None
+    dst_sums = dict(theirs)
+    proof = (
+        f"{algorithm} {expected[algorithm]} of source version {src.version or src.etag} ({origin[algorithm]}) "
+        f"equals the {algorithm} that the destination's server computed of {info.ref.uri} and reported in its "
+        f"copy response (etag {info.etag}, version {info.version}); {src.size} bytes"
+    )
+    return {"dst_etag": info.etag, "dst_version": info.version, "dst_checksums": dst_sums,
+            "verify_algorithm": algorithm, "verify_method": COPY_RESPONSE, "proof": proof}
+
+
+def listed_range(store: Store, uris: Iterable[str]) -> dict[str, Listed]:
+    """Listing entries of whichever of ``uris`` exist, from listing the key range
+    they span in each bucket (rclone's way): about one request per 1,000 keys of
+    that range, never one per object. Stops as soon as the range is passed."""
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        ref = parse_uri(uri)
+        by_bucket.setdefault(ref.bucket, []).append(ref.key)
+    found: dict[str, Listed] = {}
+    for bucket, keys in by_bucket.items():
+        wanted = set(keys)
+        low, high = min(keys), max(keys)
+        prefix = os.path.commonprefix([low, high])
+        for entry in store.list_entries(bucket, prefix, start_at=low):
+            if entry.ref.key > high:
+                break
+            if entry.ref.key in wanted:
+                found[entry.ref.uri] = entry
+    return found
+
+
+class _Writes:
+    """Ledger updates from worker threads, written ``every`` objects (or ``interval``
+    seconds) in one transaction of bulk statements, and at the end."""
+
+    def __init__(self, ledger: Ledger, migration_id: str, every: int = 500, interval: float = 2.0) -> None:
+        self.ledger, self.migration_id, self.every, self.interval = ledger, migration_id, every, interval
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.last = time.monotonic()
+
+    def add(self, src_uri: str, values: dict[str, Any]) -> None:
+        with self.lock:
+            self.pending.append((src_uri, values))
+            due = len(self.pending) >= self.every or time.monotonic() - self.last >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+            self.last = time.monotonic()
+        if pending:
+            self.ledger.update_objects(self.migration_id, pending)
 
 
 def _copy_one(
@@ -330,7 +526,7 @@ def _copy_one(
         if _already_there(expected, dst_store, existing, src.size):
             log.info("copy %s -> %s: already present with the same content, not copied", src.ref.uri, dst_ref.uri)
             return "already_present", "none", {}
-        if written_by_us(existing, policy.migration_id, src.ref.uri):
+        if written_by_us(existing, policy.migration_id, src.ref.uri, dst_store):
             log.warning(
                 "copy %s -> %s: replacing this migration's earlier copy (source etag was %s)",
                 src.ref.uri, dst_ref.uri, existing.provenance.get("source-etag"),
@@ -381,7 +577,7 @@ def _adopt_existing(
     """After a create-only write was refused: a retried request whose first answer
     was lost may have created the object. It is ours if provenance and checksum say so."""
     info = dst_store.stat(dst_ref)
-    if not (written_by_us(info, migration_id, src.ref.uri) and _matches(expected, info, src.size)):
+    if not (written_by_us(info, migration_id, src.ref.uri, dst_store) and _matches(expected, info, src.size)):
         raise DestinationConflict(dst_ref.uri, "another object appeared at the destination during the copy; not overwritten")
     log.info("copy %s -> %s: created by an earlier attempt whose answer was lost", src.ref.uri, dst_ref.uri)
     return info
@@ -468,7 +664,7 @@ def _proven_digests(src: ObjectInfo, hasher: checksums.MultiHasher, digests: tup
 
 def _fail(
     result: CopyResult | VerifyResult,
-    ledger: Ledger,
+    writes: _Writes | None,
     policy: Policy,
     src_uri: str,
     reason: str,
@@ -478,8 +674,8 @@ def _fail(
     _tally(result, failures={"src_uri": src_uri, "reason": reason})
     if isinstance(result, CopyResult):
         _tally(result, failed=1)
-    if row is not None:
-        ledger.update_object(policy.migration_id, src_uri, state=FAILED, reason=reason, attempts=row["attempts"] + 1)
+    if row is not None and writes is not None:
+        writes.add(src_uri, dict(state=FAILED, reason=reason, attempts=row["attempts"] + 1))
 
 
 def verify_shard(
@@ -489,9 +685,13 @@ def verify_shard(
     src_store: Store,
     dst_store: Store,
 ) -> VerifyResult:
-    """Verify every copied object of one shard; verdicts go into the ledger."""
-    return verify_rows(policy, ledger, [r["src_uri"] for r in read_shard(shard["path"])], src_store, dst_store,
-                       shard=shard["shard"])
+    """Verify every copied object of one shard (or range of shards); verdicts go into the ledger."""
+    result = VerifyResult(shard=shard["shard"])
+    rows = ledger.iter_shard(policy.migration_id, shard.get("manifest"), shard["shard"], shard.get("last"))
+    for page in _pages(rows, PAGE):
+        _verify_page(policy, ledger, page, src_store, dst_store, result)
+    _log_verify(result)
+    return result
 
 
 def verify_rows(
@@ -503,36 +703,89 @@ def verify_rows(
     *,
     shard: int = -1,
 ) -> VerifyResult:
-    """Verify the named objects that are copied; verdicts go into the ledger.
+    """Verify the named objects that are copied; verdicts go into the ledger."""
+    result = VerifyResult(shard=shard)
+    for names in _pages(iter(src_uris), PAGE):
+        rows = ledger.get_objects(policy.migration_id, names)
+        missing = len(names) - len(rows)
+        _tally(result, objects=missing, not_copied=missing)
+        _verify_page(policy, ledger, [rows[n] for n in names if n in rows], src_store, dst_store, result)
+    _log_verify(result)
+    return result
+
+
+def _log_verify(result: VerifyResult) -> None:
+    log.info(
+        "verify shard %d summary: %d objects, %d verified (%d bytes), %d already verified, %d not copied, "
+        "verdicts %s, methods %s", result.shard, result.objects, result.verified, result.verified_bytes,
+        result.already_verified, result.not_copied, dict(result.verdicts), dict(result.methods),
+    )
+
+
+def _verify_page(
+    policy: Policy,
+    ledger: Ledger,
+    rows: list[dict[str, Any]],
+    src_store: Store,
+    dst_store: Store,
+    result: VerifyResult,
+) -> None:
+    """Verify one page of rows.
 
     A verified object records the destination object's ETag and version as the
     server reported them in the same answer that carried the checksum, and one
     sentence saying how it was proven: attestation later re-proves *that* object.
+    A copy whose response already proved it needs only the destination listing
+    (a thousand keys a request) to show that very object, with its size; every
+    other object is asked of the servers (:func:`_verify_one`).
     """
-    result = VerifyResult(shard=shard)
-    rows = ledger.get_objects(policy.migration_id, src_uris)
     progress = _Progress(ledger, policy.migration_id, "verify")
+    writes = _Writes(ledger, policy.migration_id)
+    proven = [r for r in rows if r["state"] == COPIED and r.get("verify_method") == COPY_RESPONSE and r.get("dst_etag")]
+    listed = listed_range(dst_store, [r["dst_uri"] for r in proven]) if proven else {}
+    # The source side, listed too: a copy of a version the application has since
+    # overwritten must not be verified (its cutover would lose the newer write).
+    sources = listed_range(src_store, [r["src_uri"] for r in proven]) if proven else {}
 
-    def one(src_uri: str) -> None:
-        row = rows.get(src_uri)
+    def one(row: dict[str, Any]) -> None:
         _tally(result, objects=1)
-        if row is None or row["state"] not in (COPIED, *DONE):
+        if row["state"] not in (COPIED, *DONE):
             _tally(result, not_copied=1)
             return
         if row["state"] in DONE:
             _tally(result, already_verified=1)
             return
-        verdict, detail = _verify_one(row, src_store, dst_store, require_sha256=policy.transfer.sha256)
+        verdict, detail = Verdict.ERROR, {}
+        if row.get("verify_method") == COPY_RESPONSE and row.get("dst_etag"):
+            entry = listed.get(row["dst_uri"])
+            source = sources.get(row["src_uri"])
+            changed = "the source object is gone" if source is None else source_change(row, source)
+            if changed:
+                verdict, detail = Verdict.SOURCE_CHANGED, {"reason": f"{changed}; re-run inventory to re-queue"}
+            elif entry is None:
+                verdict, detail = Verdict.MISSING_DST, {"reason": f"{row['dst_uri']} is not in the destination listing"}
+            elif entry.size == row["size"] and _same_listed(row, entry):
+                verdict, detail = Verdict.MATCH, {
+                    "algorithm": row["verify_algorithm"], "method": COPY_RESPONSE, "dst": row["dst_checksums"],
+                    "dst_etag": row["dst_etag"], "dst_version": row["dst_version"],
+                    "proof": f"{row['proof']}; the destination listing at verification shows that object "
+                             f"(etag {entry.etag}, {entry.size} bytes)",
+                }
+            else:
+                verdict = None  # replaced since the copy: ask the servers
+        else:
+            verdict = None
+        if verdict is None:
+            verdict, detail = _verify_one(row, src_store, dst_store, require_sha256=policy.transfer.sha256)
         _tally(result, verdicts=(verdict.value, 1))
         if verdict is Verdict.MATCH:
-            _tally(result, verified=1)
-            _tally(result, verified_bytes=row["size"])
-            _tally(result, algorithms=(detail["algorithm"], 1), methods=(detail["method"], 1))
-            ledger.update_object(
-                policy.migration_id, row["src_uri"], state=VERIFIED, verify_algorithm=detail["algorithm"],
-                verify_method=detail["method"], dst_checksums=detail["dst"], reason=None,
-                dst_etag=detail["dst_etag"], dst_version=detail["dst_version"], proof=detail["proof"],
-            )
+            _tally(result, verified=1, verified_bytes=row["size"],
+                   algorithms=(detail["algorithm"], 1), methods=(detail["method"], 1))
+            writes.add(row["src_uri"], dict(
+                state=VERIFIED, verify_algorithm=detail["algorithm"], verify_method=detail["method"],
+                dst_checksums=detail["dst"], reason=None, dst_etag=detail["dst_etag"],
+                dst_version=detail["dst_version"], proof=detail["proof"],
+            ))
             log.info(
                 "verify %s -> %s: MATCH %s %s (%s)",
                 row["src_uri"], row["dst_uri"], detail["algorithm"], detail["dst"][detail["algorithm"]], detail["method"],
@@ -540,18 +793,38 @@ def verify_rows(
             progress.add(row, "verified")
         else:
             reason = f"{verdict.value}: {detail.get('reason', '')}"
-            _fail(result, ledger, policy, row["src_uri"], reason, row)
+            _fail(result, writes, policy, row["src_uri"], reason, row)
             progress.add(row, "failed")
 
-    with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-        list(pool.map(one, src_uris))
-    progress.flush()
-    log.info(
-        "verify shard %d summary: %d objects, %d verified (%d bytes), %d already verified, %d not copied, verdicts %s",
-        result.shard, result.objects, result.verified, result.verified_bytes, result.already_verified,
-        result.not_copied, dict(result.verdicts),
-    )
-    return result
+    try:
+        with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
+            list(pool.map(one, rows))
+    finally:
+        writes.flush()
+        progress.flush()
+
+
+def source_change(row: Mapping[str, Any], entry: Listed) -> str | None:
+    """Why the listed source object is not the pinned version, or ``None``."""
+    pinned = row.get("src_version")
+    if pinned and entry.version is not None and entry.version != pinned:
+        return f"the source now holds version {entry.version}; version {pinned} was migrated"
+    if row.get("src_etag") and entry.etag is not None and _bare(entry.etag) != _bare(row["src_etag"]):
+        return f"the source now has ETag {entry.etag}; ETag {row['src_etag']} was migrated"
+    if entry.size != row["size"]:
+        return f"the source now has {entry.size} bytes; {row['size']} were migrated"
+    return None
+
+
+def _bare(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _same_listed(row: Mapping[str, Any], entry: Listed) -> bool:
+    """The listed destination object is the one the copy response described."""
+    if _bare(entry.etag or "") != _bare(row.get("dst_etag") or ""):
+        return False
+    return not (entry.version and row.get("dst_version")) or entry.version == row["dst_version"]
 
 
 def _verify_one(

@@ -30,7 +30,28 @@ def run_info() -> dict[str, Any]:
         "run_id": dag_run.run_id,
         "logical_date": str(ctx.get("logical_date") or ""),
         "run_after": str(getattr(dag_run, "run_after", "") or ""),
+        **executor_facts(),
     }
+
+
+#: Executors whose tasks all run on the scheduler's machine.
+LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
+
+
+def executor_facts() -> dict[str, Any]:
+    """What the engine must know of this Airflow: whether tasks run on several
+    machines (then the ledger must be a shared database, never a SQLite file), and
+    the most mapped task instances a task may have (``[core] max_map_length``)."""
+    import os
+
+    from airflow.configuration import conf
+
+    executors = [e.strip().split(":")[-1].rsplit(".", 1)[-1] for e in conf.get("core", "executor").split(",")]
+    distributed = os.environ.get("RESIDENCY_DISTRIBUTED", "").lower() in ("1", "true", "yes") or any(
+        e and e not in LOCAL_EXECUTORS for e in executors
+    )
+    return {"executor": ",".join(executors), "distributed": distributed,
+            "max_map_length": conf.getint("core", "max_map_length", fallback=1024)}
 
 
 def runtime(plan: dict[str, Any]) -> Any:

@@ -32,15 +32,21 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_residency_migration_shape(dagbag):
     dag = dagbag.dags["residency_migration"]
     assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
-    order = ["plan", "preflight", "inventory", "copy_shard", "verify_shard", "recheck", "propose_cutover",
-             "approve_cutover", "cutover", "propose_revoke", "approve_revoke", "revoke", "attest", "evidence",
-             "check_complete"]
-    assert set(order) == set(dag.task_ids)
-    for upstream, downstream in zip(order, order[1:]):
-        assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
-            t for t in dag.get_task(downstream).get_flat_relative_ids(upstream=True)
-        }, f"{upstream} must run before {downstream}"
-    assert dag.get_task("copy_shard").map_index_template
+    tail = ["recheck", "propose_cutover", "approve_cutover", "cutover", "propose_revoke", "approve_revoke", "revoke",
+            "attest", "evidence", "check_complete"]
+    shard_tasks = {f"{step}_to_{p}" for step in ("shards", "copy", "verify") for p in ("s3", "gs")}
+    assert {"plan", "preflight", "inventory", *tail} | shard_tasks == set(dag.task_ids)
+    for provider, pool in (("s3", "residency_s3"), ("gs", "residency_gcs")):
+        order = ["plan", "preflight", "inventory", f"shards_to_{provider}", f"copy_to_{provider}",
+                 f"verify_to_{provider}", *tail]
+        for upstream, downstream in zip(order, order[1:]):
+            assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
+                t for t in dag.get_task(downstream).get_flat_relative_ids(upstream=True)
+            }, f"{upstream} must run before {downstream}"
+        for step in ("copy", "verify"):
+            task = dag.get_task(f"{step}_to_{provider}")
+            assert task.pool == pool  # a pool per destination provider caps concurrent copy tasks
+            assert "shard" in task.map_index_template  # named from the mapped argument
     assert dag.get_task("evidence").trigger_rule == "all_done_min_one_success"
     # State 8: nothing in scope skips the mapped shards; the run must still recheck, cut over,
     # revoke, attest and write the evidence.
@@ -57,7 +63,6 @@ def test_residency_migration_shape(dagbag):
         assert dag.get_task(step).upstream_task_ids - {"plan"} == {f"approve_{step}"}
         assert approval.defaults == ["Reject"]  # a timeout rejects
         assert "comment" in approval.params
-    assert "shard" in dag.get_task("copy_shard").map_index_template  # named from the mapped argument
 
 
 def test_engine_does_not_import_airflow():

@@ -100,8 +100,7 @@ def test_route_copies_verifies_and_keeps_metadata(route, stores, make, tmp_path)
         assert dst.content_type == ctype
         assert {h: dst.headers.get(h) for h in HEADERS} == HEADERS
         assert dst.metadata["uploader-id"] == "1001"
-        assert dst.provenance["migration"] == policy.migration_id
-        assert dst.provenance["source-uri"]
+        assert transfer.written_by_us(dst, policy.migration_id, src_uri, dst_store)
         algorithm = rows[src_uri]["verify_algorithm"]
         assert algorithm in ("crc32c", "md5")
         assert rows[src_uri]["dst_checksums"][algorithm] == (

@@ -21,7 +21,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import requests
@@ -30,7 +30,7 @@ from google.api_core import exceptions as gexc
 from google.auth.exceptions import RefreshError
 from google.cloud import storage
 
-from residency import checksums
+from residency import checksums, transfer
 from residency.clients import GcsCredentials
 from residency.errors import (
     BucketNotFound,
@@ -45,7 +45,7 @@ from residency.errors import (
 from residency.localcloud.servers import FakeGcsServer
 from residency.retry import RetryPolicy
 from residency.stores import gcs as gcs_module
-from residency.stores.base import Store
+from residency.stores.base import ObjectInfo, Store
 from residency.stores.gcs import GcsStore, GcsTransferConfig, placement_from_bucket, translate
 from residency.stores.s3 import S3Store, S3TransferConfig
 from residency.stores.s3 import translate as s3_translate
@@ -161,11 +161,37 @@ class StoreContract:
         body = _body(50_000, seed=3)
         src = store.write(self.ref(bucket, "写真.jpg"), [body], content_type="image/jpeg",
                           headers={"content-disposition": 'inline; filename="a.jpg"'})
-        dst = store.copy(src, self.ref(other_bucket, "copied/写真.jpg"), metadata={"residency-source-uri": "x"})
+        copied = store.copy(src, self.ref(other_bucket, "copied/写真.jpg"), metadata={"residency-source-uri": "x"})
+        # The copy's own answer carries the proof: the server's checksum of the new object.
+        assert copied.checksums["crc32c"] == checksums.crc32c_hex(body)
+        dst = store.stat(copied.ref)
+        assert dst.etag == copied.etag and dst.version == copied.version
         assert dst.content_type == "image/jpeg"
         assert dst.headers["content-disposition"] == 'inline; filename="a.jpg"'
         assert dst.metadata == {"residency-source-uri": "x"}
-        assert dst.checksums["crc32c"] == checksums.crc32c_hex(body)
+        assert b"".join(store.read(dst.ref)) == body
+
+    def test_copy_of_a_listed_object_keeps_the_source_metadata(self, store: Store, bucket: str,
+                                                                other_bucket: str) -> None:
+        """A listing is all the copy knows (one request per object): the source's content
+        type, headers and user metadata still arrive, with the provenance beside them."""
+        if not store.capabilities.server_side_copy:
+            pytest.skip("store declares no server-side copy")
+        body = _body(30_000, seed=4)
+        store.write(self.ref(bucket, "listed/夏.jpg"), [body], content_type="image/jpeg", metadata={"uploader-id": "7"},
+                    headers={"cache-control": "max-age=9"})
+        entry = next(iter(store.list_entries(bucket, "listed/")))
+        src = ObjectInfo(ref=entry.ref, size=entry.size, etag=entry.etag, version=entry.version,
+                         content_type=entry.content_type, checksums=dict(entry.checksums),
+                         metadata=dict(entry.metadata or {}), headers=dict(entry.headers or {}),
+                         metadata_known=entry.metadata is not None)
+        provenance = {"residency-migration": "m-1", "residency-source-uri": quote(entry.ref.uri, safe=":/")}
+        copied = store.copy(src, self.ref(other_bucket, "listed/夏.jpg"),
+                            metadata={**(entry.metadata or {}), **provenance})
+        dst = store.stat(copied.ref)
+        assert dst.content_type == "image/jpeg" and dst.headers["cache-control"] == "max-age=9"
+        assert dst.metadata["uploader-id"] == "7"
+        assert transfer.written_by_us(dst, "m-1", entry.ref.uri, store)
         assert b"".join(store.read(dst.ref)) == body
 
     def test_delete_is_idempotent(self, store: Store, bucket: str) -> None:
@@ -211,9 +237,10 @@ class TestS3Store(StoreContract):
     def test_multipart_server_side_copy_above_threshold(self, store: S3Store, bucket: str, other_bucket: str) -> None:
         body = _body(12 * MiB + 5, seed=11)
         src = store.write(self.ref(bucket, "long video.mp4"), [body], content_type="video/mp4")
-        dst = store.copy(src, self.ref(other_bucket, "v/long video.mp4"), metadata={})
-        assert dst.multipart  # UploadPartCopy was used: the ETag has a part count
-        assert dst.size == len(body)
+        copied = store.copy(src, self.ref(other_bucket, "v/long video.mp4"), metadata={})
+        assert copied.multipart  # UploadPartCopy was used: the ETag has a part count
+        dst = store.stat(copied.ref)
+        assert dst.size == len(body) and dst.etag == copied.etag
         assert dst.checksums["crc32c"] == checksums.crc32c_hex(body)
         assert b"".join(store.read(dst.ref)) == body
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -66,24 +67,45 @@ def total(results, attr):
     return sum(getattr(r, attr) for r in results)
 
 
-def test_inventory_selects_media_by_content_type_then_extension(env):
+def _put_selection_cases(env):
     env.put("a/photo.jpg", b"j" * 10)
     env.put("legacy/clip.mp4", b"m" * 10, "application/octet-stream")  # generic type: extension decides
-    env.put("mislabelled.jpg", b"{}", "application/json")  # a specific type wins: out of scope
+    env.put("mislabelled.jpg", b"{}", "application/json")  # named .jpg, stored as JSON
     env.put("logs/app.log", b"log", "text/plain")
     env.put("voice/메모 1.m4a", b"a" * 10, "audio/mp4")
+    env.put("exports/noext", b"x" * 4, "image/png")  # no extension: only the content type can decide
+
+
+def test_inventory_selects_by_extension_and_heads_only_what_the_name_cannot_decide(env):
+    _put_selection_cases(env)
     inv = inventory.run_inventory(env.policy, env.ledger, lambda source: env.store)
-    assert inv.objects_listed == 5
-    assert inv.objects_in_scope == 3
-    assert inv.by_media_type["image"]["objects"] == 1
+    assert inv.objects_listed == 6
+    # .jpg/.mp4/.m4a decide by name (the mislabelled .jpg too: the name is what the
+    # listing carries); .log is a known non-media type; only "noext" is HEAD'ed.
+    assert inv.head_requests == 1
+    assert inv.objects_in_scope == 5
+    assert inv.by_media_type["image"]["objects"] == 3
     assert inv.by_media_type["video"]["objects"] == 1
     assert inv.by_media_type["audio"]["objects"] == 1
-    assert inv.by_jurisdiction["KR"]["objects"] == 3
-    records = [r for s in inv.shards for r in inventory.read_shard(s["path"])]
+    assert inv.by_jurisdiction["KR"]["objects"] == 5
+    records = [r for s in inv.shards for r in env.ledger.iter_shard(env.policy.migration_id, s["manifest"],
+                                                                     s["shard"], s["last"])]
     assert sorted(r["src_uri"] for r in records) == sorted(
-        f"s3://{env.src}/{k}" for k in ("a/photo.jpg", "legacy/clip.mp4", "voice/메모 1.m4a")
+        f"s3://{env.src}/{k}" for k in ("a/photo.jpg", "legacy/clip.mp4", "mislabelled.jpg", "voice/메모 1.m4a",
+                                        "exports/noext")
     )
     assert all(r["dst_uri"].startswith(f"s3://{env.dst}/{env.src}/") for r in records)
+    assert all(r["src_version"] for r in records), "a versioned source is listed with versions: each is pinned"
+
+
+def test_inventory_by_content_type_heads_every_object_and_the_stored_type_wins(env):
+    _put_selection_cases(env)
+    policy = dataclasses.replace(env.policy, selection=dataclasses.replace(env.policy.selection,
+                                                                          decide_by="content_type"))
+    inv = inventory.run_inventory(policy, env.ledger, lambda source: env.store)
+    assert inv.head_requests == 6
+    assert inv.objects_in_scope == 4  # the JSON named .jpg is out; generic octet-stream falls back to the name
+    assert inv.by_media_type["image"]["objects"] == 2
 
 
 def test_copy_and_verify_every_object_including_multipart_and_unicode(env):
@@ -103,7 +125,10 @@ def test_copy_and_verify_every_object_including_multipart_and_unicode(env):
     for key, value in data.items():
         dst = env.store.stat(ObjectRef("s3", env.dst, f"{env.src}/{key}"))
         assert b"".join(env.store.read(dst.ref)) == value
-        assert dst.provenance["migration"] == env.policy.migration_id
+        # Provenance: object tags where the copy kept the source's own metadata
+        # (one CopyObject), metadata where a multipart copy had to name it.
+        assert transfer.written_by_us(dst, env.policy.migration_id, f"s3://{env.src}/{key}", env.store)
+        assert dst.content_type == ("video/mp4" if key.endswith(".mp4") else "image/jpeg")
         row = env.ledger.get_object(env.policy.migration_id, f"s3://{env.src}/{key}")
         assert row["state"] == VERIFIED
         assert row["verify_algorithm"] in ("crc32c", "md5")

@@ -41,6 +41,10 @@ class ObjectInfo:
     last_modified: str | None = None
     multipart: bool = False
     encryption: str | None = None
+    metadata_known: bool = True
+    """False when built from a listing that does not carry user metadata and content
+    headers (S3): a server-side copy then keeps the source's own (S3
+    ``MetadataDirective=COPY``) instead of replacing them with ``metadata``/``headers``."""
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -75,6 +79,12 @@ class Listed:
     checksums: Mapping[str, str] = field(default_factory=dict)
     multipart: bool = False
     """S3: the ETag has a part count (``-N``); GCS: the object is composite (``componentCount``)."""
+    content_type: str | None = None
+    """Where the listing reports it (GCS); ``None`` where it does not (S3)."""
+    metadata: Mapping[str, str] | None = None
+    """User metadata where the listing reports it (GCS); ``None`` where it does not (S3)."""
+    headers: Mapping[str, str] | None = None
+    """The :data:`CONTENT_HEADERS` present, where the listing reports them (GCS); else ``None``."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,11 @@ class Capabilities:
     """Can refuse a write when the destination key already exists (If-None-Match / generation 0)."""
     versioned_reads: bool = False
     """Can read a pinned version (VersionId / generation)."""
+    create_only_copies: bool = False
+    """The server refuses a server-side copy onto an existing key (S3 ``If-None-Match: *``
+    on CopyObject, GCS ``ifGenerationMatch=0``). Where False (moto ignores the header),
+    the copy engine lists the destination range just before copying, rclone's way,
+    and only keys found there are examined before they are written."""
     max_single_copy: int = 5 * 1024**3
     """Largest object one server-side copy call may handle."""
     validates_upload_checksums: bool = True
@@ -116,8 +131,14 @@ class Store(Protocol):
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectRef]:
         """Every key under ``prefix``, in key order: the refs of :meth:`list_entries`."""
 
-    def list_entries(self, bucket: str, prefix: str = "", *, with_version: bool = False) -> Iterator[Listed]:
+    def list_entries(
+        self, bucket: str, prefix: str = "", *, with_version: bool = False, start_at: str | None = None
+    ) -> Iterator[Listed]:
         """The live object of every key under ``prefix``, in key order, page by page.
+
+        With ``start_at``, the listing begins at that key (inclusive; S3
+        ``StartAfter``, GCS ``startOffset``), so that a key range costs about one
+        request per 1,000 keys in it; a caller stops the requests by no longer iterating.
 
         One request per page of the store's page size (at most 1,000 keys), each page
         retried alone; never the whole listing in memory, never a request per

@@ -7,10 +7,13 @@ Each bucket is addressed through a client of its own region, as S3 expects.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 from dataclasses import dataclass, replace
 from datetime import timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import urlencode
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -36,7 +39,7 @@ from ..errors import (
 from ..jurisdictions import Placement, placement_of
 from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..uris import ObjectRef
-from .base import Capabilities, Listed, ObjectInfo
+from .base import PROVENANCE_PREFIX, Capabilities, Listed, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,30 @@ def _listed(bucket: str, item: Mapping[str, Any]) -> Listed:
     )
 
 
+#: Provenance written as object tags where a copy keeps the source's own metadata
+#: (``MetadataDirective=COPY``): tag values allow letters, digits, spaces and
+#: ``+ - = . _ : / @`` only, so the source URI is recorded by its SHA-256.
+_TAG_ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 +-=._:/@")
+MAX_TAGS = 10
+
+
+def provenance_tags(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The provenance metadata as S3 object tags (at most 10, values of allowed characters).
+
+    ``residency-source-uri`` (percent-encoded, up to 1 KiB) becomes
+    ``residency-source-uri-sha256``; values with other characters are dropped.
+    """
+    tags: dict[str, str] = {}
+    for key, value in sorted(metadata.items()):
+        if not key.startswith(PROVENANCE_PREFIX):
+            continue
+        if key == PROVENANCE_PREFIX + "source-uri":
+            key, value = key + "-sha256", hashlib.sha256(value.encode("utf-8")).hexdigest()
+        if len(value) <= 256 and set(value) <= _TAG_ALLOWED and len(tags) < MAX_TAGS:
+            tags[key] = value
+    return tags
+
+
 def _crc32c_b64(body: bytes) -> str:
     return checksums.hex_to_b64(checksums.crc32c_hex(body))
 
@@ -220,6 +247,9 @@ class S3Store:
         validates_upload_checksums: False for servers that store a client's
             checksum without checking it (moto, some S3-compatible stores).
         list_page_size: keys per listing request, 1-1000.
+        create_only_copies: the server refuses a CopyObject onto an existing key
+            when asked (``If-None-Match: *``); default: only AWS itself. moto
+            ignores the header, so the copy engine lists the destination first.
 
     Raises:
         ValueError: ``list_page_size`` is outside 1-1000.
@@ -239,6 +269,7 @@ class S3Store:
         service: str = "aws",
         list_page_size: int = S3_MAX_LIST_PAGE,
         validates_upload_checksums: bool = True,
+        create_only_copies: bool | None = None,
     ) -> None:
         if not 1 <= list_page_size <= S3_MAX_LIST_PAGE:
             raise ValueError(
@@ -246,12 +277,17 @@ class S3Store:
             )
         if not validates_upload_checksums:
             self.capabilities = replace(self.capabilities, validates_upload_checksums=False)
+        if create_only_copies if create_only_copies is not None else service == "aws":
+            self.capabilities = replace(self.capabilities, create_only_copies=True)
         self.list_page_size = list_page_size
         #: Which S3 service this is (an endpoint URL, or "aws"): server-side copy
         #: is only attempted between stores of the same service.
         self.service = service
         self._client_for_region = client_for_region
         self._clients: dict[str, Any] = {}
+        # Worker threads share one client per region (boto3 clients are thread-safe);
+        # without the lock, every thread that misses the cache at once builds its own.
+        self._clients_lock = threading.Lock()
         self._bucket_regions: dict[str, str] = {}
         self.default_region = default_region
         self.transfer = transfer or S3TransferConfig()
@@ -260,9 +296,13 @@ class S3Store:
     # -- plumbing ---------------------------------------------------------
     def _client(self, region: str | None = None) -> Any:
         region = region or self.default_region
-        if region not in self._clients:
-            self._clients[region] = self._client_for_region(region)
-        return self._clients[region]
+        client = self._clients.get(region)
+        if client is None:
+            with self._clients_lock:
+                client = self._clients.get(region)
+                if client is None:
+                    client = self._clients[region] = self._client_for_region(region)
+        return client
 
     def _bucket_client(self, bucket: str) -> Any:
         if bucket not in self._bucket_regions:
@@ -287,8 +327,15 @@ class S3Store:
         for entry in self.list_entries(bucket, prefix):
             yield entry.ref
 
-    def list_entries(self, bucket: str, prefix: str = "", *, with_version: bool = False) -> Iterator[Listed]:
+    def list_entries(
+        self, bucket: str, prefix: str = "", *, with_version: bool = False, start_at: str | None = None
+    ) -> Iterator[Listed]:
         """The live object of every key under ``prefix``, one request per page of ``list_page_size``.
+
+        With ``start_at``, keys before it are not listed (ListObjectsV2 ``StartAfter``
+        the key minus its last character, so that ``start_at`` itself is included;
+        the few keys between are skipped here). A caller that stops iterating stops
+        the requests.
 
         ListObjectsV2 (``version`` None); with ``with_version``, ListObjectVersions,
         yielding the entry S3 marks ``IsLatest`` for each key: older versions (also
@@ -306,11 +353,14 @@ class S3Store:
         client = self._bucket_client(bucket)
         uri = f"s3://{bucket}/{prefix}"
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
+        if start_at and start_at[:-1] > prefix:
+            kwargs["StartAfter" if not with_version else "KeyMarker"] = start_at[:-1]
         if not with_version:
             while True:
                 page = self._call("list_objects_v2", uri, lambda kwargs=dict(kwargs): client.list_objects_v2(**kwargs))
                 for item in page.get("Contents", []):
-                    yield _listed(bucket, item)
+                    if start_at is None or item["Key"] >= start_at:
+                        yield _listed(bucket, item)
                 if not page.get("IsTruncated"):
                     return
                 kwargs["ContinuationToken"] = page["NextContinuationToken"]
@@ -322,7 +372,7 @@ class S3Store:
             # entry per key (a version or a delete marker) is the latest: it is on
             # the first page that has the key. Delete markers are listed apart.
             for item in page.get("Versions", []):
-                if item.get("IsLatest"):
+                if item.get("IsLatest") and (start_at is None or item["Key"] >= start_at):
                     yield _listed(bucket, item)
             if not page.get("IsTruncated"):
                 return
@@ -542,7 +592,7 @@ class S3Store:
             raise
         return self.stat(ref)
 
-    def _complete(self, client: Any, ref: ObjectRef, kwargs: Mapping[str, Any]) -> None:
+    def _complete(self, client: Any, ref: ObjectRef, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         """CompleteMultipartUpload, retried alone on transient errors but never on a 409 conflict.
 
         S3 answers ``409 ConditionalRequestConflict`` when a conditional complete
@@ -559,7 +609,7 @@ class S3Store:
                     raise _UploadConflict(translate(exc, ref.uri)) from exc
                 raise
 
-        self._call("complete_multipart_upload", ref.uri, complete)
+        return self._call("complete_multipart_upload", ref.uri, complete)
 
     def _abort(self, client: Any, ref: ObjectRef, upload_id: str) -> None:
         try:
@@ -576,28 +626,46 @@ class S3Store:
         metadata: Mapping[str, str],
         create_only: bool = True,
     ) -> ObjectInfo:
+        """One CopyObject (multipart copy above the threshold) whose answer is returned.
+
+        The returned info is built from the response alone, no HEAD: the new
+        object's ETag (an MD5 unless the response says SSE-KMS / SSE-C), its
+        CRC32C (asked for with ``ChecksumAlgorithm``), version and encryption; its
+        size is the pinned source's. Where ``src.metadata_known`` is False (built
+        from a listing, which carries no metadata), the server keeps the source's
+        own content type, headers and user metadata (``MetadataDirective=COPY``) and
+        the provenance goes into object tags (:func:`provenance_tags`).
+        """
         client = self._bucket_client(dst.bucket)
         source: dict[str, Any] = {"Bucket": src.ref.bucket, "Key": src.ref.key}
         if src.version:
             source["VersionId"] = src.version
-        common: dict[str, Any] = {"Bucket": dst.bucket, "Key": dst.key, "Metadata": dict(metadata)}
-        if src.content_type:
-            common["ContentType"] = src.content_type
-        for header, value in src.headers.items():
-            if header in _HEADER_PARAMS:
-                common[_HEADER_PARAMS[header]] = value
+        common: dict[str, Any] = {"Bucket": dst.bucket, "Key": dst.key}
+        if src.metadata_known:
+            common.update(self._replacing(src, metadata))
+        tagging = {} if src.metadata_known else {
+            "TaggingDirective": "REPLACE", "Tagging": urlencode(provenance_tags(metadata)),
+        }
         try:
             if src.size <= self.transfer.multipart_threshold:
                 kwargs = dict(
-                    common, CopySource=source, MetadataDirective="REPLACE", ChecksumAlgorithm="CRC32C"
+                    common, CopySource=source, ChecksumAlgorithm="CRC32C", **tagging,
+                    MetadataDirective="REPLACE" if src.metadata_known else "COPY",
                 )
                 if src.etag:
                     kwargs["CopySourceIfMatch"] = src.etag
                 if create_only:
                     kwargs["IfNoneMatch"] = "*"
-                self._call("copy_object", dst.uri, lambda: client.copy_object(**kwargs))
-            else:
-                self._multipart_copy(client, src, source, dst, common, create_only)
+                resp = self._call("copy_object", dst.uri, lambda: client.copy_object(**kwargs))
+                result = resp.get("CopyObjectResult") or {}
+                return self._copied(dst, src, resp, result.get("ETag"), result.get("ChecksumCRC32C"))
+            if not src.metadata_known:
+                # CreateMultipartUpload has no metadata directive: it needs what a HEAD says.
+                src = self.stat(src.ref, version=src.version)
+                kept = {k: v for k, v in src.metadata.items() if not k.startswith(PROVENANCE_PREFIX)}
+                common.update(self._replacing(src, {**kept, **metadata}))
+            resp = self._multipart_copy(client, src, source, dst, common, create_only)
+            return self._copied(dst, src, resp, resp.get("ETag"), resp.get("ChecksumCRC32C"))
         except ObjectNotFound as exc:
             raise SourceChanged(src.ref.uri, f"pinned source version is gone: {exc.reason}") from exc
         except PreconditionFailed as exc:
@@ -610,7 +678,44 @@ class S3Store:
             if now.etag != src.etag:
                 raise SourceChanged(src.ref.uri, f"ETag is now {now.etag}, pinned {src.etag}") from exc
             raise
-        return self.stat(dst)
+
+    @staticmethod
+    def _replacing(src: ObjectInfo, metadata: Mapping[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"Metadata": dict(metadata)}
+        if src.content_type:
+            out["ContentType"] = src.content_type
+        for header, value in src.headers.items():
+            if header in _HEADER_PARAMS:
+                out[_HEADER_PARAMS[header]] = value
+        return out
+
+    def _copied(
+        self, dst: ObjectRef, src: ObjectInfo, resp: Mapping[str, Any], etag: str | None, crc32c: str | None
+    ) -> ObjectInfo:
+        """The new object as a copy's response describes it (see :meth:`copy`)."""
+        encryption = resp.get("ServerSideEncryption")
+        if resp.get("SSECustomerAlgorithm"):
+            encryption = "sse-c"
+        found: dict[str, str] = {}
+        md5 = checksums.md5_from_etag(etag, encryption)
+        if md5:
+            found["md5"] = md5
+        if crc32c and "-" not in crc32c and resp.get("ChecksumType") != "COMPOSITE":
+            found["crc32c"] = checksums.b64_to_hex(crc32c)
+        version = resp.get("VersionId")
+        return ObjectInfo(
+            ref=dst, size=src.size, etag=etag, version=None if version in (None, "null") else version,
+            content_type=src.content_type, checksums=found, multipart=bool(etag and "-" in etag.strip('"')),
+            encryption=encryption, metadata_known=False,
+        )
+
+    def tag_provenance(self, ref: ObjectRef) -> dict[str, str]:
+        """The provenance a listed copy recorded as tags (see :func:`provenance_tags`), without the prefix."""
+        client = self._bucket_client(ref.bucket)
+        resp = self._call("get_object_tagging", ref.uri,
+                          lambda: client.get_object_tagging(Bucket=ref.bucket, Key=ref.key))
+        return {t["Key"][len(PROVENANCE_PREFIX):]: t["Value"] for t in resp.get("TagSet", [])
+                if t["Key"].startswith(PROVENANCE_PREFIX)}
 
     def _multipart_copy(
         self,
@@ -620,7 +725,7 @@ class S3Store:
         dst: ObjectRef,
         common: dict[str, Any],
         create_only: bool,
-    ) -> None:
+    ) -> Mapping[str, Any]:
         part_size = self.transfer.part_size_for(src.size)
         upload = self._call(
             "create_multipart_upload",
@@ -654,7 +759,7 @@ class S3Store:
             }
             if create_only:
                 complete["IfNoneMatch"] = "*"
-            self._complete(client, dst, complete)
+            return self._complete(client, dst, complete)
         except BaseException as exc:
             self._abort(client, dst, upload_id)
             if isinstance(exc, _UploadConflict):
