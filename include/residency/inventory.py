@@ -137,7 +137,7 @@ def run_inventory(
     placements: dict[str, dict[str, Any]] | None = None,
     *,
     max_tasks: int = 1024,
-    entries_for: Callable[[Source, Store], Iterable[Listed]] | None = None,
+    entries_for: Callable[[Source, Store], tuple[Iterable[Listed], str] | None] | None = None,
 ) -> InventoryResult:
     """Inventory every source of the policy; see the module docstring.
 
@@ -147,8 +147,9 @@ def run_inventory(
             recorded with the counts; looked up again when missing.
         max_tasks: most shard descriptors returned (Airflow's ``max_map_length``);
             consecutive shards are grouped into ranges beyond it.
-        entries_for: where a source's entries come from instead of listing it
-            (an S3 Inventory report, :mod:`residency.s3inventory`).
+        entries_for: ``(source, store) -> (entries, description) | None``: where a
+            source's entries come from instead of listing it (an S3 Inventory
+            report, :mod:`residency.s3inventory`); ``None`` lists the bucket.
     """
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     shards = _Shards(stamp, policy.transfer.shard_size, policy.transfer.shard_bytes)
@@ -169,7 +170,10 @@ def run_inventory(
         )
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         unreadable: list[dict[str, Any]] = []
-        entries = entries_for(source, store) if entries_for else _listing(store, source)
+        given = entries_for(source, store) if entries_for else None
+        entries, inventory_source = given if given is not None else (_listing(store, source), "listing")
+        if given is not None:
+            log.info("inventory %s: %s", source.bucket_uri, inventory_source)
         with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
             for page in _pages(iter(entries), PAGE):
                 wanted = [e for e in page if _needs_head(policy, decide_by, e)]
@@ -217,7 +221,7 @@ def run_inventory(
             objects_in_scope=counts.in_scope, bytes_in_scope=counts.in_scope_bytes,
             objects_out_of_scope=counts.out_of_scope, bytes_out_of_scope=counts.out_of_scope_bytes,
             objects_unreadable=counts.unreadable, bytes_unreadable=counts.unreadable_bytes,
-            inventoried_at=started,
+            inventoried_at=started, inventory_source=inventory_source,
         )
         log.info(
             "inventory %s: listed %d objects (%d bytes) = %d in scope (%d bytes) + %d out of scope + "

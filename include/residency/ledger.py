@@ -95,6 +95,7 @@ buckets = sa.Table(
     sa.Column("objects_unreadable", sa.BigInteger, default=0),
     sa.Column("bytes_unreadable", sa.BigInteger, default=0),
     sa.Column("inventoried_at", sa.String(40)),  # when the listing that counted these began
+    sa.Column("inventory_source", sa.Text),  # "listing", or the S3 Inventory report read instead (uri, creation time)
 )
 
 unreadable = sa.Table(

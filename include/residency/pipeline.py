@@ -15,9 +15,9 @@ import logging
 import platform
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from . import __version__, attest, evidence, inventory, references, revocation, transfer
+from . import __version__, attest, evidence, inventory, references, revocation, s3inventory, transfer
 from .clients import AwsCredentials, DatabaseCredentials, GcsCredentials
 from .evidence.report import human_bytes
 from .errors import JurisdictionError, PolicyError, ResidencyError, StoreError
@@ -295,9 +295,17 @@ def run_inventory(rt: Runtime, placements: Mapping[str, Any] | None) -> dict[str
     return rt.end("inventory", result.summary())
 
 
-def _report_entries(rt: Runtime) -> Any:
+def _report_entries(rt: Runtime) -> Callable[[Source, Store], tuple[Iterator[Any], str] | None]:
     """Where a source names an S3 Inventory report, its entries instead of a listing."""
-    return None
+
+    def entries(source: Source, store: Store) -> tuple[Iterator[Any], str] | None:
+        if not source.inventory_report:
+            return None
+        report = s3inventory.read_manifest(store, source.inventory_report)
+        return (s3inventory.iter_report(store, source.inventory_report, bucket=source.ref.bucket,
+                                        prefix=source.prefix), report.describe())
+
+    return entries
 
 
 def _shard_stores(rt: Runtime, shard: Mapping[str, Any]) -> tuple[Store, Store]:

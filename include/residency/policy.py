@@ -46,6 +46,7 @@ class Source:
     to: str  # destination provider
     location: str | None = None  # declared location, when the server cannot tell
     decide_by: str | None = None  # overrides selection.decide_by for this source
+    inventory_report: str | None = None  # s3:// URI of an S3 Inventory report's manifest.json, read instead of listing
 
     @property
     def bucket_uri(self) -> str:
@@ -480,7 +481,7 @@ def _sources(doc: Mapping[str, Any], destinations: Mapping[str, Destination]) ->
         prefix = f"sources[{i}]."
         if not isinstance(item, dict):
             raise PolicyError(f"sources[{i}]", item, "expected a mapping")
-        _no_unknown(item, prefix, {"uri", "conn_id", "to", "location", "decide_by"})
+        _no_unknown(item, prefix, {"uri", "conn_id", "to", "location", "decide_by", "inventory_report"})
         ref = parse_uri(_req(item, "uri", str, prefix), f"{prefix}uri")
         to = item.get("to", ref.provider)
         if to not in destinations:
@@ -503,7 +504,15 @@ def _sources(doc: Mapping[str, Any], destinations: Mapping[str, Destination]) ->
         decide_by = item.get("decide_by")
         if decide_by is not None and decide_by not in DECIDE_BY:
             raise PolicyError(f"{prefix}decide_by", decide_by, f"expected one of {', '.join(DECIDE_BY)}")
-        out.append(Source(ref, _conn_id(item, "conn_id", prefix), to, _location(item, prefix), decide_by))
+        report = item.get("inventory_report")
+        if report is not None:
+            if ref.provider != "s3":
+                raise PolicyError(f"{prefix}inventory_report", report, "S3 Inventory reports describe S3 buckets only")
+            report_ref = parse_uri(report, f"{prefix}inventory_report") if isinstance(report, str) else None
+            if report_ref is None or report_ref.provider != "s3" or not report_ref.key.endswith("manifest.json"):
+                raise PolicyError(f"{prefix}inventory_report", report,
+                                  "expected the s3:// URI of a report's manifest.json")
+        out.append(Source(ref, _conn_id(item, "conn_id", prefix), to, _location(item, prefix), decide_by, report))
     for provider, destination in destinations.items():
         routed = {s.ref.bucket_uri for s in out if s.to == provider}
         if len(routed) > 1 and "{src_bucket}" not in destination.key_template:

@@ -118,6 +118,13 @@ def test_good_policy_parses(tmp_path):
         pytest.param("approvals", {"cutover": {"timeout_hours": 0}}, "approvals.cutover.timeout_hours",
                      id="timeout not positive"),
         pytest.param("approvals", {"purge": {}}, "approvals.purge", id="unknown approval step"),
+        pytest.param("selection.decide_by", "magic", "selection.decide_by", id="decide_by"),
+        pytest.param("sources.0.decide_by", "size", "sources[0].decide_by", id="source decide_by"),
+        pytest.param("sources.0.inventory_report", "s3://reports/seoul/data/x.csv.gz", "sources[0].inventory_report",
+                     id="report that is not a manifest"),
+        pytest.param("sources.0.inventory_report", "gs://reports/manifest.json", "sources[0].inventory_report",
+                     id="report on gcs"),
+        pytest.param("transfer.shard_mb", 0, "transfer.shard_mb", id="shard bytes zero"),
     ],
 )
 def test_bad_field_is_named_with_its_value(path, value, field):
@@ -223,6 +230,18 @@ def test_selection_rules():
     assert sel.media_type("a.jpg", "application/json") is None
     assert sel.media_type("a.mp3", "audio/mpeg") is None  # audio not selected by this policy
     assert sel.media_type("tmp/a.jpg", "image/jpeg") is None  # excluded prefix
+
+
+def test_selection_by_name_decides_only_what_a_name_can():
+    sel = parse_policy(GOOD).selection
+    assert sel.decide_by == "extension"
+    assert sel.by_name("a/b.JPG") == (True, "image")
+    assert sel.by_name("a/b.json") == (True, None)  # a known type that is no media
+    assert sel.by_name("logs/app.log") == (True, None)
+    assert sel.by_name("a/noext") == (False, None)  # only the content type can tell
+    assert sel.by_name("a/b.unknownext") == (False, None)
+    assert sel.by_name("tmp/a.jpg") == (True, None)  # excluded prefix
+    assert sel.by_name("a/b.mp3") == (True, None)  # audio, which this policy does not select
 
 
 def test_shipped_example_policy_is_valid():

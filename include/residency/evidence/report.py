@@ -356,6 +356,7 @@ def build_evidence(
             "jurisdiction": b["jurisdiction"] if b else None,
             "placement_source": b["placement_source"] if b else None,
             "inventoried_at": b.get("inventoried_at") if b else None,
+            "inventory_source": (b.get("inventory_source") or "listing") if b else None,
             "counts": counts,
             "media_types": {m: {"objects": media[uri][m], "bytes": media_bytes[uri][m]}
                             for m in sorted(media.get(uri, {}))},
