@@ -126,7 +126,7 @@ def test_approved_migration_is_complete_and_visible_to_managers(deployment, esta
     assert denied.value.response["Error"]["Code"] == "InvalidAccessKeyId"
 
     # Mapped shards are named by bucket and number; engine log lines carry the run's identifiers.
-    shards = [t for t in outcome.tasks if t["task_id"] == "copy_shard"]
+    shards = [t for t in outcome.tasks if t["task_id"] in ("copy_to_s3", "copy_to_gs")]
     assert shards and all(re.match(r"shard \d{5} (s3|gs)://seoul-", t["rendered_map_index"] or "") for t in shards)
     inventory = outcome.task("inventory")
     log = manager.task_log(DAG_ID, outcome.run_id, "inventory", try_number=inventory["try_number"])
@@ -157,8 +157,8 @@ def test_a_rerun_copies_nothing_twice_and_stays_complete(deployment, estate, tmp
     manager = deployment.api("manager")
     copied = 0
     for t in outcome.tasks:
-        if t["task_id"] == "copy_shard":
-            log = manager.task_log(DAG_ID, outcome.run_id, "copy_shard", t["try_number"], t["map_index"])
+        if t["task_id"] in ("copy_to_s3", "copy_to_gs"):
+            log = manager.task_log(DAG_ID, outcome.run_id, t["task_id"], t["try_number"], t["map_index"])
             copied += sum(int(n) for n in re.findall(r"copy shard \d+ summary: \d+ objects, (\d+) copied", log))
     assert copied == 0
 
@@ -185,7 +185,7 @@ def test_nothing_in_scope_still_revokes_and_reports(deployment, cloud, tmp_path)
                                      "dry_run": False})
     states = outcome.states()
     assert outcome.state == "failed" and states["check_complete"] == "failed", failure_report(deployment, outcome)
-    assert states["copy_shard"] == "skipped"
+    assert states["copy_to_s3"] == states["copy_to_gs"] == "skipped"
     assert all(states[t] == "success" for t in ("recheck", "cutover", "revoke", "attest", "evidence"))
     evidence = json.loads((tmp_path / "out" / "evidence.json").read_text())
     assert "scope" in {r["id"] for r in evidence["complete_rules"] if not r["holds"]}
