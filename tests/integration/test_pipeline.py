@@ -64,3 +64,19 @@ def test_policy_changed_after_planning_is_refused(tmp_path, make_bucket, creds):
         fh.write("# edited\n")
     with pytest.raises(PolicyError, match="changed since this run was planned"):
         pipeline.Runtime(plan, creds)
+
+
+def test_a_sqlite_ledger_is_refused_when_tasks_run_on_several_workers(tmp_path, pg_url):
+    """Celery/Kubernetes workers share no disk: the manifest and every object's state must be
+    in a database all of them reach. The refusal comes at ``plan``, before any work, naming the field."""
+    path = write_policy(tmp_path, "seoul-src", "tokyo-dst")
+    with pytest.raises(PolicyError) as refused:
+        pipeline.plan_run({"policy_path": path}, {"run_id": "r1", "distributed": True})
+    assert refused.value.field == "ledger_url" and "several workers" in str(refused.value)
+    assert not (tmp_path / "control").exists() or not any((tmp_path / "control").rglob("*.db"))
+    doc = yaml.safe_load(open(path))
+    doc["ledger_url"] = pg_url
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(doc))
+    plan = pipeline.plan_run({"policy_path": path}, {"run_id": "r1", "distributed": True})
+    assert plan["run"]["distributed"] is True
+    pipeline.plan_run({"policy_path": path}, {"run_id": "r1", "distributed": False})  # one machine: either is fine
