@@ -108,11 +108,11 @@ def group_shards(shards: list[dict[str, Any]], max_tasks: int) -> list[dict[str,
     shards of one source are merged into ranges ``shard..last``, balanced by count."""
     if len(shards) <= max_tasks:
         return shards
-    sources = list(dict.fromkeys(s["source"] for s in shards))
-    if len(sources) > max_tasks:
-        raise ValueError(f"{len(sources)} sources cannot fit in {max_tasks} mapped tasks (max_map_length)")
-    per = 1
-    while sum(-(-sum(1 for s in shards if s["source"] == src) // per) for src in sources) > max_tasks:
+    per_source = Counter(s["source"] for s in shards)
+    if len(per_source) > max_tasks:
+        raise ValueError(f"{len(per_source)} sources cannot fit in {max_tasks} mapped tasks (max_map_length)")
+    per = -(-len(shards) // max_tasks)
+    while sum(-(-n // per) for n in per_source.values()) > max_tasks:
         per += 1
     out: list[dict[str, Any]] = []
     for shard in shards:
