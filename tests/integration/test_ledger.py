@@ -104,3 +104,27 @@ def test_an_older_ledger_gains_the_new_columns_in_place(tmp_path):
     assert obj["state"] == "verified" and obj["attested_at"] is None and obj["dst_etag"] is None
     assert "ix_residency_objects_dst" in {i["name"] for i in sa.inspect(led.engine).get_indexes("residency_objects")}
     led.dispose()
+
+
+def test_updates_and_inventory_pages_are_one_transaction_each_in_bulk(ledger):
+    """Batched writes: a page of objects is one transaction of executemany statements, never one per object."""
+    mid = f"m-{uuid.uuid4().hex[:8]}"
+    rows = [dict(row(f"s3://seoul/p/{i:04d}.jpg"), manifest="20261122T000000Z", shard=i // 500) for i in range(1200)]
+    begins: list[int] = []
+    statements: list[str] = []
+    sa.event.listen(ledger.engine, "begin", lambda conn: begins.append(1))
+    sa.event.listen(ledger.engine, "before_cursor_execute",
+                    lambda conn, cursor, stmt, params, context, many: statements.append(stmt.split()[0]))
+    assert ledger.upsert_discovered(mid, rows)["new"] == 1200
+    assert len(begins) == 1 and statements.count("INSERT") <= 2
+    begins.clear()
+    statements.clear()
+    updates = [(r["src_uri"], {"state": VERIFIED, "proof": f"p{i}"} if i % 2 else {"state": "failed", "reason": "x"})
+               for i, r in enumerate(rows)]
+    assert ledger.update_objects(mid, updates) == 1200
+    assert len(begins) == 1 and statements.count("UPDATE") <= 4  # one executemany per set of columns
+    shard1 = list(ledger.iter_shard(mid, "20261122T000000Z", 1, batch=120))
+    assert [r["src_uri"] for r in shard1] == [f"s3://seoul/p/{i:04d}.jpg" for i in range(500, 1000)]
+    assert {r["state"] for r in shard1} == {VERIFIED, "failed"}
+    assert len(list(ledger.iter_shard(mid, "20261122T000000Z", 0, 2))) == 1200
+    assert list(ledger.iter_shard(mid, "another-inventory", 0, 2)) == []
