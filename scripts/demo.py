@@ -10,12 +10,22 @@ user `demo-approver`, the same path a manager's click in the UI takes. Then it
 prints a summary, writes demo-output/ (the evidence and every task's log, fetched
 through the API), stops what it started, and exits non-zero unless the migration
 fully succeeded.
+
+`make demo EXECUTOR=celery` (or `--executor celery`, or the environment variable
+EXECUTOR) runs the same migration on the CeleryExecutor: Redis on 127.0.0.1:6379
+as the broker, the metadata database and Celery's results on the machine's
+PostgreSQL, the ledger in a PostgreSQL database of its own (`residency_demo_ledger`,
+recreated on each run and left for inspection), and two Celery workers, each with
+its own home, working and temporary directories. It prints which worker ran each
+copy and verify task instance and checks the evidence counts against the estate's.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -24,7 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from residency.localcloud.deployment import AirflowDeployment  # noqa: E402
+from residency.localcloud.deployment import (  # noqa: E402
+    PG_HOST, PG_PORT, PG_USER, AirflowDeployment, create_database, drop_database,
+)
 from residency.localcloud.estate import seed_estate  # noqa: E402
 from residency.localcloud.servers import FakeGcsServer, MotoServer  # noqa: E402
 
@@ -34,6 +46,10 @@ NOTE_CONN_ID = "residency_airflow_api"  # residency_airflow.NOTE_CONN_ID, withou
 
 OUT = ROOT / "demo-output"
 WORK = ROOT / ".localcloud" / "demo"
+EXECUTORS = ("local", "celery")
+#: The ledger of `make demo EXECUTOR=celery`: workers that share no disk share no SQLite file.
+CELERY_LEDGER_DB = "residency_demo_ledger"
+CELERY_WORKERS = 2
 
 
 def human(n: float) -> str:
@@ -44,7 +60,20 @@ def human(n: float) -> str:
     return str(n)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("EXECUTOR") or "local",
+                        help="local (LocalExecutor, the default) or celery (CeleryExecutor with two workers); "
+                             "default: $EXECUTOR, else local")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.executor not in EXECUTORS:  # $EXECUTOR is not checked by argparse's choices
+        print(f"EXECUTOR must be one of {', '.join(EXECUTORS)}, got {args.executor!r}")
+        return 2
+    celery = args.executor == "celery"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "urllib3", "boto3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -53,26 +82,45 @@ def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     WORK.mkdir(parents=True)
     OUT.mkdir(parents=True)
+    ledger_url = None
+    if celery:
+        drop_database(CELERY_LEDGER_DB)
+        create_database(CELERY_LEDGER_DB)
+        ledger_url = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{CELERY_LEDGER_DB}"
 
     with MotoServer(log_path=WORK / "moto.log") as server, FakeGcsServer(log_path=WORK / "fake-gcs.log") as gcs:
         admin = server.enforce_auth()
         print(f"local cloud: moto server (S3, IAM, STS) on {server.endpoint_url}, IAM enforcement on; "
               f"fake-gcs-server (GCS) on {gcs.endpoint_url}")
-        estate = seed_estate(server, admin, WORK, gcs=gcs, scale="demo")
+        estate = seed_estate(server, admin, WORK, gcs=gcs, scale="demo", ledger_url=ledger_url)
         print(
             f"seeded: {len(estate.source_buckets) + len(estate.gcs_source_buckets)} Seoul buckets (S3 and GCS), "
             f"{estate.media_objects} media objects "
             f"({human(estate.media_bytes)}), {estate.other_objects} non-media objects, "
             f"{estate.references} URL references in {estate.app_db_url}"
         )
-        print("starting a local Airflow (API server, scheduler, DAG processor, triggerer) ...")
+        if celery:
+            print(f"ledger: {ledger_url} (PostgreSQL: the workers share no disk)")
+            print(f"starting a local Airflow (API server, scheduler with the CeleryExecutor, DAG processor, "
+                  f"triggerer, {CELERY_WORKERS} Celery workers) ...")
+        else:
+            print("starting a local Airflow (API server, scheduler with the LocalExecutor, DAG processor, triggerer) ...")
         with AirflowDeployment(WORK / "airflow", dags_folder=ROOT / "dags", plugins_folder=ROOT / "plugins",
                                env={**estate.connection_env(), "RESIDENCY_POLICY": str(estate.policy_path)},
-                               wait_for_dags=[DAG_ID], api_connections={NOTE_CONN_ID: "manager"}) as airflow:
-            print(f"Airflow at {airflow.base_url} ({airflow.backend} metadata); triggering {DAG_ID} ...")
+                               wait_for_dags=[DAG_ID], api_connections={NOTE_CONN_ID: "manager"},
+                               executor=args.executor, workers=CELERY_WORKERS) as airflow:
+            if celery:
+                print(f"Airflow at {airflow.base_url} ({airflow.backend} metadata), CeleryExecutor: broker "
+                      f"{airflow.broker_url}, results in PostgreSQL, workers "
+                      + ", ".join(f"{w.name} ({w.celery_hostname}, hostname {w.address}, home {w.home})"
+                                  for w in airflow.celery_workers))
+            else:
+                print(f"Airflow at {airflow.base_url} ({airflow.backend} metadata), LocalExecutor")
+            print(f"triggering {DAG_ID} ...")
             t0 = time.monotonic()
             outcome = _run(airflow, estate)
             dag_seconds = time.monotonic() - t0
+            workers_line = _print_workers(airflow, outcome["tasks"]) if celery else None
 
     evidence_path = OUT / "evidence.json"
     if not evidence_path.exists():
@@ -126,11 +174,17 @@ def main() -> int:
         print(f"  approval of the {approval['step']}: {approval['decision']} by {approval['who']} at {approval['when']}")
     print(f"  audit log: {evidence['audit_log']['records']} records, chain head {evidence['audit_log']['head'][:16]}")
     print(f"evidence: {OUT / 'evidence.json'}  {OUT / 'evidence.html'}")
+    expected = _expected_counts(estate)
+    found = _evidence_counts(evidence)
+    same = found == expected
+    print(f"executor: {args.executor}{' (' + workers_line + ')' if workers_line else ''}; evidence counts "
+          f"{'equal' if same else 'DIFFER from'} the seeded estate's (what the embedded LocalExecutor run reports): "
+          f"{found}" + ("" if same else f" != {expected}"))
     print(f"DAG run {outcome['run_id']}: {outcome['state']} in {dag_seconds:.0f}s; demo total "
           f"{time.monotonic() - started:.0f}s; run note: {outcome['note']!r}")
     for rule in evidence.get("complete_rules", []):
         print(f"  rule {rule['id']:<12} {'holds' if rule['holds'] else 'FAILS: ' + '; '.join(rule['problems'])}")
-    if outcome["state"] != "success" or not evidence.get("complete"):
+    if outcome["state"] != "success" or not evidence.get("complete") or not same:
         print("MIGRATION NOT COMPLETE:", "; ".join(evidence.get("problems", [])) or f"DAG run {outcome['state']}",
               f"failed tasks: {', '.join(outcome['failed']) or '-'}")
         return 1
@@ -166,7 +220,41 @@ def _run(airflow: AirflowDeployment, estate) -> dict:
             (logs / f"{name}.log").write_text(
                 manager.task_log(DAG_ID, run_id, t["task_id"], t["try_number"], t["map_index"]), encoding="utf-8")
     return {"run_id": run_id, "state": state, "note": manager.run_note(DAG_ID, run_id),
-            "failed": sorted({t["task_id"] for t in tasks if t["state"] == "failed"})}
+            "failed": sorted({t["task_id"] for t in tasks if t["state"] == "failed"}), "tasks": tasks}
+
+
+def _print_workers(airflow: AirflowDeployment, tasks: list[dict]) -> str:
+    """Which Celery worker ran each copy and verify task instance (the REST API's
+    ``hostname``: each worker reports its own address); returns a one-line tally."""
+    print("task instances per worker (hostname from the REST API):")
+    tally: dict[str, int] = {w.name: 0 for w in airflow.celery_workers}
+    for t in sorted(tasks, key=lambda t: (t["map_index"], t["task_id"])):
+        if not t["task_id"].startswith(("copy_to_", "verify_to_")) or t["state"] != "success":
+            continue
+        worker = airflow.worker_of(t.get("hostname"))
+        name = worker.name if worker else f"unknown host {t.get('hostname')!r}"
+        tally[name] = tally.get(name, 0) + 1
+        print(f"  {t['task_id']:<12} {t.get('rendered_map_index') or t['map_index']:<52} {name} ({t.get('hostname')})")
+    line = ", ".join(f"{name} ran {n} copy/verify task instances" for name, n in tally.items())
+    busy = [name for name, n in tally.items() if n and not name.startswith("unknown")]
+    print(f"  {line}" + ("" if len(busy) == len(airflow.celery_workers)
+                         else f"; NOTE: only {', '.join(busy) or 'no worker'} took copy/verify work"))
+    return line
+
+
+def _expected_counts(estate) -> dict:
+    """What a complete run of the seeded estate reports, whichever executor ran it."""
+    return {"in_scope": estate.media_objects, "verified": estate.media_objects, "failed": 0,
+            "in_scope_bytes": estate.media_bytes,
+            "routes": {r: c["objects"] for r, c in sorted(estate.routes.items())}}
+
+
+def _evidence_counts(evidence: dict) -> dict:
+    rec = evidence["reconciliation"]
+    return {"in_scope": rec["in_scope"]["objects"], "verified": rec["verified"]["objects"],
+            "failed": rec["failed"]["objects"], "in_scope_bytes": rec["in_scope"]["bytes"],
+            "routes": {r["route"]: r["counts"]["verified"]["objects"] for r in sorted(
+                evidence.get("routes", []), key=lambda r: r["route"])}}
 
 
 if __name__ == "__main__":

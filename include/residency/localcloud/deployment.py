@@ -13,6 +13,16 @@ caller (no Airflow import here, like :mod:`.dagrun`):
   ``airflow scheduler`` (LocalExecutor), ``airflow dag-processor`` and
   ``airflow triggerer``, each in its own process group, output to
   ``home/logs/<component>.log``;
+- with ``executor="celery"``: the scheduler runs the CeleryExecutor (broker: a
+  Redis database of the machine's server claimed for the deployment and flushed;
+  result backend: the PostgreSQL metadata database), and ``workers`` Celery
+  workers (``airflow celery worker``) run the tasks, each as if on a machine of
+  its own: its own ``AIRFLOW_HOME``, working directory, temporary directory and
+  task-log folder under ``home/workers/<name>``, its own loopback address
+  (``127.0.0.2``, ``127.0.0.3``, ...) as the hostname its task instances report,
+  and its own log server on that address, from which the API server fetches its
+  task logs as it would from another machine. Only the code (DAGs, plugins,
+  ``include/``) is shared;
 - Airflow 3's default SimpleAuthManager with three users whose passwords this
   module chooses: ``manager`` (admin), ``demo-approver`` (user: the smallest
   role allowed to answer a human-in-the-loop request) and ``viewer`` (viewer).
@@ -38,6 +48,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +70,9 @@ log = logging.getLogger(__name__)
 
 #: Components started after ``airflow db migrate``, in start order.
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Pools of the migration DAG's copy/verify tasks, per destination provider, and their slots
+#: (concurrent copy tasks; each runs ``transfer.workers`` threads). See the README for sizing.
+POOLS: dict[str, int] = {"residency_s3": 8, "residency_gcs": 8}
 #: Health endpoint keys -> the component whose log explains them.
 _HEALTH_KEYS = {
     "metadatabase": "api-server",
@@ -70,13 +84,22 @@ _HEALTH_KEYS = {
 #: answer a human-in-the-loop request (PUT on the DAG's HITL detail).
 ROLES: dict[str, str] = {"manager": "admin", "demo-approver": "user", "viewer": "viewer"}
 METADATA_KINDS = ("auto", "postgresql", "sqlite")
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Key of the claim a deployment puts in the Redis database it uses as its Celery broker.
+_REDIS_CLAIM_KEY = "residency-airflow:deployment"
+#: Set in every process of a deployment whose tasks may run on several machines
+#: (the engine refuses what only works on one machine, such as a SQLite ledger).
+DISTRIBUTED_ENV = "RESIDENCY_DISTRIBUTED"
+#: A Celery worker's task runners report this as their hostname (see :func:`worker_hostname`).
+WORKER_HOSTNAME_ENV = "RESIDENCY_WORKER_HOSTNAME"
 #: Child environment marker: every process of a deployment inherits it, so a
 #: process that left its parent's group is still found and stopped.
 _MARKER = "RESIDENCY_AIRFLOW_DEPLOYMENT"
 _FINAL_STATES = frozenset({"success", "failed"})
 #: See :meth:`AirflowApi.pending_approvals`.
-APPROVAL_SETTLE_SECONDS = 3.0
+APPROVAL_SETTLE_SECONDS = 10.0
 _SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -155,6 +178,113 @@ def database_exists(name: str) -> bool:
         conn.close()
 
 
+def redis_available(host: str = REDIS_HOST, port: int = REDIS_PORT, timeout: float = 2.0) -> bool:
+    """Whether a Redis server answers PING on ``host:port`` (no password)."""
+    try:
+        import redis
+
+        client = redis.Redis(host=host, port=port, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+
+
+def worker_hostname() -> str:
+    """Airflow's ``[core] hostname_callable`` for the Celery workers of a deployment.
+
+    Several workers share this machine; each is given its own loopback address in
+    :data:`WORKER_HOSTNAME_ENV`, so its task instances report a hostname of their
+    own, and the API server fetches their logs from that worker's log server.
+    """
+    return os.environ.get(WORKER_HOSTNAME_ENV) or socket.getfqdn()
+
+
+# Atomic in Redis: claim an empty database, take over the claim of a dead owner
+# (flushing what it left), release one's own claim (flushing everything).
+_CLAIM_EMPTY = "if redis.call('DBSIZE') == 0 then redis.call('SET', KEYS[1], ARGV[1]) return 1 end return 0"
+_TAKE_OVER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('FLUSHDB') "
+              "redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0")
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('FLUSHDB') return 1 end return 0"
+
+
+def _redis(db: int) -> Any:
+    import redis
+
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=5, socket_timeout=10)
+
+
+def _claim_owner_alive(claim: bytes | None) -> bool:
+    """Whether the process that wrote a Redis claim is still running (on this machine)."""
+    try:
+        owner = json.loads(claim or b"{}")
+        return _create_time(int(owner["pid"])) == owner["created"]
+    except (ValueError, KeyError, TypeError):
+        return True  # not a claim we can judge: leave it alone
+
+
+def claim_redis_db(claim: str) -> int:
+    """Claim a Redis database of the machine's server for one deployment's Celery broker.
+
+    Databases 1.. are tried in order (0 is left to others): an empty one is
+    claimed by writing ``claim`` into it; one whose claim was written by a process
+    that is no longer running is flushed and taken over. A database holding
+    anything else is never touched.
+
+    Returns:
+        The database number, empty but for the claim.
+
+    Raises:
+        DeploymentError: Redis does not answer, or every database is in use.
+    """
+    try:
+        admin = _redis(0)
+        try:
+            count = int(admin.config_get("databases").get("databases", 16))
+        except Exception:  # noqa: BLE001 - CONFIG may be disabled: assume the default
+            count = 16
+        finally:
+            admin.close()
+        for db in range(1, count):
+            client = _redis(db)
+            try:
+                if client.eval(_CLAIM_EMPTY, 1, _REDIS_CLAIM_KEY, claim):
+                    return db
+                held = client.get(_REDIS_CLAIM_KEY)
+                if held is not None and not _claim_owner_alive(held):
+                    if client.eval(_TAKE_OVER, 1, _REDIS_CLAIM_KEY, held, claim):
+                        log.warning("took over Redis db %s from a deployment that is gone: %s", db, held.decode())
+                        return db
+            finally:
+                client.close()
+    except DeploymentError:
+        raise
+    except Exception as exc:
+        raise DeploymentError(f"Redis at {REDIS_HOST}:{REDIS_PORT} cannot be used as the Celery broker: {exc}") from exc
+    raise DeploymentError(f"every Redis database 1..{count - 1} on {REDIS_HOST}:{REDIS_PORT} is in use")
+
+
+def release_redis_db(db: int, claim: str) -> bool:
+    """Flush Redis database ``db`` if ``claim`` still holds it; whether it did."""
+    client = _redis(db)
+    try:
+        return bool(client.eval(_RELEASE, 1, _REDIS_CLAIM_KEY, claim))
+    finally:
+        client.close()
+
+
+def _port_free_on(port: int, hosts: Iterable[str]) -> bool:
+    for host in hosts:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -185,10 +315,25 @@ class _Child:
     log_path: Path
 
 
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One Celery worker of a deployment, set up as if on a machine of its own."""
+
+    name: str
+    """``worker-1``, ``worker-2``, ..."""
+    celery_hostname: str
+    """Its Celery node name (``--celery-hostname``), e.g. ``worker-1@residency-<id>``."""
+    address: str
+    """Its loopback address: the hostname its task instances report, where its log server listens."""
+    home: Path
+    """Its ``AIRFLOW_HOME`` and working directory; ``tmp/`` and ``logs/`` (task logs) inside."""
+
+
 @dataclass
 class AirflowDeployment:
     """A local Airflow 3 deployment (API server, scheduler with LocalExecutor, DAG processor,
-    triggerer) run as child processes on 127.0.0.1; a context manager.
+    triggerer; or the CeleryExecutor with Celery workers) run as child processes on
+    loopback; a context manager.
 
     Args:
         home: ``AIRFLOW_HOME`` of the deployment (created if missing): logs, the
@@ -201,7 +346,12 @@ class AirflowDeployment:
             stop), ``"sqlite"`` (``home/airflow.db``, recreated on start) or
             ``"auto"`` (PostgreSQL when it answers, else SQLite).
         api_port: port of the API server and UI; ``None`` picks a free one.
-        parallelism: task instances the LocalExecutor runs at once.
+        parallelism: task instances the executor runs at once (``[core] parallelism``).
+        executor: ``"local"`` (LocalExecutor, the default) or ``"celery"`` (CeleryExecutor:
+            PostgreSQL metadata required, Redis at 127.0.0.1:6379 as the broker, and
+            ``workers`` Celery workers; every process gets ``RESIDENCY_DISTRIBUTED=1``).
+        workers: Celery workers to start (``executor="celery"`` only).
+        worker_concurrency: task instances each Celery worker runs at once.
         wait_for_dags: DAG ids :meth:`start` waits for (parsed and visible through the API).
         api_connections: Airflow connection id -> user name: each becomes an
             ``AIRFLOW_CONN_<ID>`` of type http in every child (host = :attr:`base_url`,
@@ -212,7 +362,9 @@ class AirflowDeployment:
         grace: seconds a component gets to exit after SIGTERM before SIGKILL.
 
     Raises:
-        ValueError: ``metadata`` is not one of :data:`METADATA_KINDS` or ``parallelism`` < 1.
+        ValueError: ``metadata`` is not one of :data:`METADATA_KINDS`, ``executor`` not one
+            of :data:`EXECUTORS`, ``parallelism``, ``workers`` or ``worker_concurrency`` < 1,
+            or ``executor="celery"`` with ``metadata="sqlite"``.
     """
 
     home: Path
@@ -222,6 +374,9 @@ class AirflowDeployment:
     metadata: str = "auto"
     api_port: int | None = None
     parallelism: int = 4
+    executor: str = "local"
+    workers: int = 2
+    worker_concurrency: int = 2
     wait_for_dags: Sequence[str] = ()
     api_connections: Mapping[str, str] = field(default_factory=dict)
     python_path: Sequence[Path] = ()
@@ -233,9 +388,14 @@ class AirflowDeployment:
     """``postgresql`` or ``sqlite`` once started."""
     database: str | None = field(init=False, default=None)
     """The PostgreSQL database name while it exists."""
+    redis_db: int | None = field(init=False, default=None)
+    """The Redis database claimed as the Celery broker while it is held (``executor="celery"``)."""
+    celery_workers: list[CeleryWorker] = field(init=False, default_factory=list)
+    """The Celery workers (``executor="celery"``), once started."""
     _children: list[_Child] = field(init=False, default_factory=list, repr=False)
     _ports: dict[str, int] = field(init=False, default_factory=dict, repr=False)
     _secrets: dict[str, str] = field(init=False, repr=False)
+    _redis_claim: str = field(init=False, repr=False)
     id: str = field(init=False)
     """Random id of this deployment: names its PostgreSQL database (``residency_airflow_<id>``)."""
 
@@ -244,6 +404,15 @@ class AirflowDeployment:
             raise ValueError(f"metadata must be one of {METADATA_KINDS}, got {self.metadata!r}")
         if self.parallelism < 1:
             raise ValueError(f"parallelism must be at least 1, got {self.parallelism!r}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {self.executor!r}")
+        if self.executor == "celery":
+            if self.workers < 1 or self.worker_concurrency < 1:
+                raise ValueError(f"workers and worker_concurrency must be at least 1, got "
+                                 f"{self.workers!r} and {self.worker_concurrency!r}")
+            if self.metadata == "sqlite":
+                raise ValueError("executor='celery' needs a PostgreSQL metadata database (metadata='postgresql' "
+                                 "or 'auto'); SQLite allows one process at a time")
         unknown = sorted(set(self.api_connections.values()) - set(ROLES))
         if unknown:
             raise ValueError(f"api_connections name unknown users {unknown}; users are {sorted(ROLES)}")
@@ -256,6 +425,8 @@ class AirflowDeployment:
         self.id = secrets.token_hex(6)
         self.roles = dict(ROLES)
         self.users = {name: secrets.token_urlsafe(12) for name in ROLES}
+        self._redis_claim = json.dumps({"deployment": self.id, "home": str(self.home), "pid": os.getpid(),
+                                        "created": _create_time(os.getpid())})
         self._secrets = {
             "jwt": secrets.token_urlsafe(32),
             "api": secrets.token_urlsafe(32),
@@ -282,6 +453,27 @@ class AirflowDeployment:
         return self.home / "logs"
 
     @property
+    def distributed(self) -> bool:
+        """Whether tasks run on workers that share no disk (``executor="celery"``)."""
+        return self.executor == "celery"
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: the claimed Redis database (``executor="celery"``, once started)."""
+        if self.redis_db is None:
+            raise RuntimeError("no Redis database is claimed: executor='celery' and start() first")
+        return f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.redis_db}"
+
+    @property
+    def result_backend(self) -> str:
+        """Celery's result backend: the PostgreSQL metadata database (``db+`` SQLAlchemy URL)."""
+        return f"db+{self.sql_alchemy_conn}"
+
+    def worker_of(self, hostname: str | None) -> CeleryWorker | None:
+        """The Celery worker whose task instances report ``hostname`` (the API's ``hostname``)."""
+        return next((w for w in self.celery_workers if w.address == hostname), None)
+
+    @property
     def sql_alchemy_conn(self) -> str:
         """The metadata database URL (no password: trust auth or a file)."""
         if self.backend == "postgresql":
@@ -301,7 +493,8 @@ class AirflowDeployment:
         return AirflowApi(self.base_url, user, self.users[user])
 
     def log_path(self, component: str) -> Path:
-        """The output file of ``component`` (one of :data:`COMPONENTS` or ``db-migrate``)."""
+        """The output file of ``component`` (one of :data:`COMPONENTS`, ``db-migrate``, a Celery
+        worker's name or ``<worker name>-logs``, its log server)."""
         return self.logs_dir / f"{component}.log"
 
     # ------------------------------------------------------------------ environment
@@ -326,7 +519,7 @@ class AirflowDeployment:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS[self.executor],
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__FERNET_KEY": self._secrets["fernet"],
             "AIRFLOW__CORE__AUTH_MANAGER": _SIMPLE_AUTH_MANAGER,
@@ -354,11 +547,34 @@ class AirflowDeployment:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "2",
         })
+        if self.executor == "celery":
+            env.update({
+                DISTRIBUTED_ENV: "1",
+                # Keys the celery provider reads (airflow/providers/celery/executors/default_celery.py).
+                "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+            })
         for conn_id, user in self.api_connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({
                 "conn_type": "http", "host": self.base_url, "login": user, "password": self.users[user],
             })
         env.update(self.env)
+        return env
+
+    def worker_env(self, worker: CeleryWorker) -> dict[str, str]:
+        """A Celery worker's environment: :meth:`child_env` with its own home, temporary
+        directory, task-log folder and hostname; no path of the deployment's home."""
+        env = self.child_env()
+        env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", None)  # the API server's, not a worker's
+        tmp = str(worker.home / "tmp")
+        env.update({
+            "AIRFLOW_HOME": str(worker.home),
+            "TMPDIR": tmp, "TEMP": tmp, "TMP": tmp,
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(worker.home / "logs"),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+            WORKER_HOSTNAME_ENV: worker.address,
+        })
         return env
 
     @property
@@ -396,18 +612,26 @@ class AirflowDeployment:
         try:
             self._prepare()
             self._migrate(deadline)
+            self._create_pools(deadline)
             for name in COMPONENTS:
                 self._spawn(name)
+            for worker in self.celery_workers:
+                self._spawn_worker(worker)
             self._wait_healthy(deadline)
+            if self.celery_workers:
+                self._wait_for_workers(deadline)
             if dags:
                 self._wait_for_dags(dags, deadline)
         except BaseException:
             self.stop()
             raise
-        log.info(
-            "Airflow deployment up in %.1fs: %s (metadata %s, LocalExecutor x%s, home %s)",
-            time.monotonic() - t0, self.base_url, self.backend, self.parallelism, self.home,
-        )
+        if self.celery_workers:
+            executor = (f"CeleryExecutor, broker {self.broker_url}, workers "
+                        f"{', '.join(f'{w.name} ({w.address}) x{self.worker_concurrency}' for w in self.celery_workers)}")
+        else:
+            executor = f"LocalExecutor x{self.parallelism}"
+        log.info("Airflow deployment up in %.1fs: %s (metadata %s, %s, home %s)",
+                 time.monotonic() - t0, self.base_url, self.backend, executor, self.home)
         return self
 
     def stop(self) -> None:
@@ -440,6 +664,13 @@ class AirflowDeployment:
                 log.error("%s (pid %s) did not exit after SIGKILL", child.name, child.proc.pid)
         leftovers = {p.pid: p for p in tree + _marked_processes(_MARKER, self.id) if _alive(p)}
         _kill_all(list(leftovers.values()), "of the deployment")
+        if self.redis_db is not None:
+            try:
+                release_redis_db(self.redis_db, self._redis_claim)
+                log.info("flushed and released Redis db %s", self.redis_db)
+                self.redis_db = None
+            except Exception as exc:  # noqa: BLE001 - stop must finish; say what was left behind
+                log.error("could not release Redis db %s: %s", self.redis_db, exc)
         if self.database:
             try:
                 drop_database(self.database)
@@ -491,12 +722,33 @@ class AirflowDeployment:
         if self.api_port is None:
             self.api_port = free_port()
         self._ports = {"worker_logs": free_port(), "trigger_logs": free_port()}
+        if self.executor == "celery":
+            self.celery_workers = [
+                CeleryWorker(name=f"worker-{n}", celery_hostname=f"worker-{n}@residency-{self.id}",
+                             address=f"127.0.0.{n + 1}", home=self.home / "workers" / f"worker-{n}")
+                for n in range(1, self.workers + 1)
+            ]
+            # Every worker's log server listens on its own address with the port the API server asks.
+            addresses = [w.address for w in self.celery_workers]
+            while not _port_free_on(self._ports["worker_logs"], addresses):
+                self._ports["worker_logs"] = free_port()
+            for worker in self.celery_workers:
+                shutil.rmtree(worker.home, ignore_errors=True)
+                (worker.home / "tmp").mkdir(parents=True)
+                (worker.home / "logs").mkdir()
         fd = os.open(self._passwords_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(self.users, out)
         self.backend = self.metadata
         if self.metadata == "auto":
             self.backend = "postgresql" if postgres_available() else "sqlite"
+        if self.executor == "celery" and self.backend != "postgresql":
+            raise DeploymentError(f"executor='celery' needs PostgreSQL at {PG_HOST}:{PG_PORT} for the metadata "
+                                  "database and the result backend; it does not answer")
+        if self.executor == "celery":
+            self.redis_db = claim_redis_db(self._redis_claim)
+            self._write_state(self.database)
+            log.info("claimed Redis db %s as the Celery broker (flushed)", self.redis_db)
         if self.backend == "postgresql":
             name = self.database_name
             try:
@@ -527,6 +779,12 @@ class AirflowDeployment:
         for proc in _marked_processes(f"{_MARKER}_HOME", str(self.home)):
             stale[proc.pid] = proc
         _kill_all(list(stale.values()), f"left by an earlier deployment in {self.home}")
+        if state.get("redis_db") is not None and state.get("redis_claim"):
+            try:
+                if release_redis_db(state["redis_db"], state["redis_claim"]):
+                    log.warning("flushed Redis db %s left by an earlier deployment", state["redis_db"])
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not release Redis db %s of an earlier deployment: %s", state["redis_db"], exc)
         if state.get("database"):
             try:
                 drop_database(state["database"])
@@ -543,10 +801,12 @@ class AirflowDeployment:
     def _write_state(self, database: str | None) -> None:
         if not self.home.exists():
             return
-        active = bool(database or self._children)
+        active = bool(database or self._children or self.redis_db is not None)
         state = {
             "owner": [os.getpid(), _create_time(os.getpid())] if active else None,
             "database": database,
+            "redis_db": self.redis_db,
+            "redis_claim": self._redis_claim if self.redis_db is not None else None,
             "components": [[c.proc.pid, _create_time(c.proc.pid)] for c in self._children],
         }
         self._state_file.write_text(json.dumps(state), encoding="utf-8")
@@ -572,19 +832,79 @@ class AirflowDeployment:
                 f"last lines of {path}:\n{_tail(path)}"
             )
 
-    def _spawn(self, name: str) -> None:
-        cmd = [self._airflow(), name]
-        if name == "api-server":
-            cmd += ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
+    def _create_pools(self, deadline: float) -> None:
+        """The pools the migration DAG's copy and verify tasks run in (one per destination
+        provider); a task whose pool does not exist is never scheduled."""
+        path = self.home / "pools.json"
+        path.write_text(json.dumps({name: {"slots": slots, "description": f"residency copy/verify tasks ({name})",
+                                           "include_deferred": False} for name, slots in POOLS.items()}))
+        log_path = self.log_path("pools")
+        with log_path.open("wb") as out:
+            proc = subprocess.run(
+                [self._airflow(), "pools", "import", str(path)], stdout=out, stderr=subprocess.STDOUT,
+                env=self.child_env(), timeout=max(1.0, deadline - time.monotonic()), start_new_session=True,
+            )
+        if proc.returncode != 0:
+            raise DeploymentError(f"airflow pools import failed with code {proc.returncode}; last lines of "
+                                  f"{log_path}:\n{_tail(log_path)}")
+
+    def _spawn(self, name: str, cmd: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+               cwd: Path | None = None) -> None:
+        if cmd is None:
+            cmd = [self._airflow(), name]
+            if name == "api-server":
+                cmd += ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
         path = self.log_path(name)
         with path.open("wb") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.child_env(), start_new_session=True,  # its own process group
+                list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dict(env) if env is not None else self.child_env(), cwd=cwd,
+                start_new_session=True,  # its own process group
             )
         self._children.append(_Child(name, proc, path))
         self._write_state(self.database)
-        log.info("started airflow %s (pid %s), output in %s", name, proc.pid, path)
+        log.info("started %s (pid %s), output in %s", name, proc.pid, path)
+
+    def _spawn_worker(self, worker: CeleryWorker) -> None:
+        """The worker's log server on its own address (Airflow's own app; ``airflow celery
+        worker`` would bind every address), then the worker, both in the worker's home."""
+        env = self.worker_env(worker)
+        self._spawn(f"{worker.name}-logs", [
+            sys.executable, "-m", "uvicorn", "--factory", "airflow.utils.serve_logs.log_server:get_app",
+            "--host", worker.address, "--port", str(self._ports["worker_logs"]), "--no-access-log",
+        ], env, worker.home)
+        self._spawn(worker.name, [
+            self._airflow(), "celery", "worker", "--celery-hostname", worker.celery_hostname,
+            "--concurrency", str(self.worker_concurrency), "--skip-serve-logs", "--without-mingle",
+        ], env, worker.home)
+
+    def _wait_for_workers(self, deadline: float) -> None:
+        """Until every Celery worker answers a ping through the broker and every log server listens."""
+        from celery import Celery
+
+        app = Celery("residency-deployment-probe", broker=self.broker_url)
+        waiting = {w.celery_hostname: w for w in self.celery_workers}
+        listening: set[str] = set()
+        try:
+            while (waiting or len(listening) < len(self.celery_workers)) and time.monotonic() < deadline:
+                self.check_alive()
+                for worker in self.celery_workers:
+                    with contextlib.suppress(OSError), socket.create_connection(
+                            (worker.address, self._ports["worker_logs"]), timeout=1):
+                        listening.add(worker.name)
+                if waiting:
+                    for reply in app.control.ping(destination=list(waiting), timeout=1.0) or []:
+                        for name in reply:
+                            waiting.pop(name, None)
+                if waiting or len(listening) < len(self.celery_workers):
+                    time.sleep(0.5)
+        finally:
+            app.close()
+        silent = [w.name for w in self.celery_workers if w.celery_hostname in waiting or w.name not in listening]
+        if silent:
+            details = "\n".join(f"--- {name}: last lines of {self.log_path(name)}:\n{_tail(self.log_path(name))}\n"
+                                f"--- its log server:\n{_tail(self.log_path(name + '-logs'), 10)}" for name in silent)
+            raise DeploymentError(f"Celery workers not ready in time: {', '.join(silent)}\n{details}")
 
     def _wait_healthy(self, deadline: float) -> None:
         url = f"{self.base_url}/api/v2/monitor/health"
@@ -872,11 +1192,14 @@ class AirflowApi:
 
         Args:
             min_age: leave out requests created less than this many seconds ago
-                (``0``: all). Answering a request within about a second of its
-                task parking races the scheduler on Airflow 3.3.2: the executor's
-                report of the parked try arrives after the resume and the task is
-                failed as "state changed externally". People are slower than
-                that; programs answering approvals should keep the default.
+                (``0``: all). Answering a request soon after its task parked
+                races the scheduler on Airflow 3.3.2: the executor's report of the
+                parked try arrives after the resume and the task is failed as
+                "state changed externally". That report came about a second after
+                parking on an idle machine and five seconds after it on a loaded
+                one (a LocalExecutor run answered four seconds after parking
+                failed so). People are slower than that; programs answering
+                approvals should keep the default.
         """
         details = self._paged(f"{self._run_path(dag_id, run_id)}/hitlDetails", "hitl_details",
                               {"response_received": "false"})

@@ -612,11 +612,13 @@ def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
     return url
 
 
-def _policy_yaml(migration_id: str, affiliate_key: str, shard_size: int, gcs: bool = False) -> str:
+def _policy_yaml(migration_id: str, affiliate_key: str, shard_size: int, gcs: bool = False,
+                 ledger_url: str | None = None) -> str:
     if gcs:
         routes = f"""\
 sources:
-  - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul}}                     # s3->s3
+  # Legacy exports were saved with a .jpg name: the stored content type decides here (a HEAD per object).
+  - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul, decide_by: content_type}}  # s3->s3
   - {{uri: s3://{MEDIA_BUCKET}, conn_id: aws_seoul, to: gs}}               # s3->gs
   # fake-gcs-server reports one location for every bucket: declare where they are.
   - {{uri: gs://{GCS_PHOTOS_BUCKET}, conn_id: gcs_seoul, location: {GCS_SEOUL}}}           # gs->gs
@@ -638,19 +640,21 @@ destinations:
     else:
         routes = f"""\
 sources:
-  - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul}}
+  # Legacy exports were saved with a .jpg name: the stored content type decides here (a HEAD per object).
+  - {{uri: s3://{PHOTOS_BUCKET}, conn_id: aws_seoul, decide_by: content_type}}
   - {{uri: s3://{MEDIA_BUCKET}, conn_id: aws_seoul}}
 destinations:
   s3: {{uri: s3://{DESTINATION_BUCKET}, conn_id: aws_tokyo, key_template: "{{src_bucket}}/{{key}}"}}
 """
         videos = ""
         accepted_gcs = ""
+    ledger_line = f"ledger_url: {ledger_url}\n" if ledger_url else ""
     return f"""\
 # Written by residency.localcloud.estate.seed_estate: the local demo estate.
 migration_id: {migration_id}
 home_jurisdiction: JP
 control_dir: control              # relative to this file
-{routes}selection:
+{ledger_line}{routes}selection:
   media_types: [image, video, audio]
   exclude_prefixes: []
 transfer: {{multipart_threshold_mb: 16, part_size_mb: 8, shard_size: {shard_size}, workers: 4}}
@@ -681,6 +685,7 @@ def seed_estate(
     scale: str = "demo",
     seed: int = 2021,
     migration_id: str = "line-media-jp",
+    ledger_url: str | None = None,
 ) -> Estate:
     """Build the overseas estate on ``server`` and write ``policy.yaml`` and ``app.db`` to ``workdir``.
 
@@ -695,6 +700,8 @@ def seed_estate(
             ``gcs`` another ~18 objects, < 25 MB).
         seed: everything (keys, sizes, bytes, rows) is a function of this number.
         migration_id: written into the policy.
+        ledger_url: the policy's ``ledger_url`` (an SQLAlchemy URL without a password, e.g.
+            PostgreSQL for workers that share no disk); ``None``: the SQLite default in ``control_dir``.
 
     Raises:
         ValueError: ``scale`` is not one of :data:`SCALES`.
@@ -840,7 +847,8 @@ def seed_estate(
 
     policy_path = workdir / "policy.yaml"
     policy_path.write_text(
-        _policy_yaml(migration_id, affiliate_id, 10 if scale == "small" else 100, gcs=gcs is not None),
+        _policy_yaml(migration_id, affiliate_id, 10 if scale == "small" else 100, gcs=gcs is not None,
+                     ledger_url=ledger_url),
         encoding="utf-8",
     )
 
