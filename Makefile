@@ -30,8 +30,11 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
 
 airflow-db: $(AIRFLOW_HOME)/airflow.db
 
+# `make demo EXECUTOR=celery`: the same migration on the CeleryExecutor with two workers
+# (Redis on 127.0.0.1:6379 as the broker; metadata, results and ledger on the machine's PostgreSQL).
+EXECUTOR ?= local
 demo: install airflow-db
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py --executor $(EXECUTOR)
 
 # The Airflow UI on the local cloud with the demo estate, until Ctrl-C; `make ui UI_ARGS=--trigger` also starts a run.
 ui: install airflow-db
@@ -40,8 +43,10 @@ ui: install airflow-db
 test: install airflow-db
 	$(BIN)/python -m pytest
 
-bench: install
-	$(BIN)/python benchmarks/bench_copy.py
+# Copy benchmark (engine vs rclone vs raw SDK loop, and the DAG on case (a) S3): a table, PASS/MISS
+# lines and a final JSON line. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: install airflow-db
+	$(BIN)/python benchmarks/bench_copy.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_memory.py --gib 1 --route 's3->gs'
 	$(BIN)/python benchmarks/bench_progress.py --rows 1000000
 
