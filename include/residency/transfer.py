@@ -855,9 +855,9 @@ def _verify_one(
     method = "server_reported"
     if row.get("copy_method") in ("streamed", "none") and not dst_store.capabilities.validates_upload_checksums:
         # This server stores the checksum we sent without checking the bytes
-        # against it: what it reports proves nothing about what arrived.
-        algorithm = None
-        dst_sums = {}
+        # against it: only what it computes itself, an MD5 ETag, proves what arrived.
+        dst_sums = {k: v for k, v in dst_sums.items() if k == "md5"}
+        algorithm = checksums.common_algorithm(expected, dst_sums)
     if require_sha256 and algorithm != "sha256":
         algorithm = None  # the policy asks for SHA-256 proof: read back
     try:

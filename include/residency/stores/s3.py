@@ -480,8 +480,11 @@ class S3Store:
     ) -> ObjectInfo:
         """Stream ``chunks`` to S3 holding at most about two parts in memory.
 
-        A single PutObject up to ``multipart_threshold`` (buffered), multipart above
-        it (at once when ``size`` says so). CRC32C is computed here (google-crc32c)
+        A single PutObject up to ``stream_part_size`` (buffered; never more than
+        ``multipart_threshold``), a multipart upload of such parts above it (at once
+        when ``size`` says so), so a copy's memory does not grow with the object.
+        The returned info is built from the response (ETag, CRC32C, version) and
+        what was sent (size, content type, headers, metadata): no HEAD after it. CRC32C is computed here (google-crc32c)
         and sent with every request so that S3 rejects a body corrupted on the way;
         multipart uploads carry a FULL_OBJECT CRC32C. When ``expected`` (the
         source's checksums) is given, the bytes are checked against it *before*
@@ -502,14 +505,15 @@ class S3Store:
                 common[_HEADER_PARAMS[header]] = value
         hasher = checksums.MultiHasher(("md5", "crc32c"))
         iterator = iter(chunks)
-        if size is not None and size > self.transfer.multipart_threshold:
+        limit = min(self.transfer.multipart_threshold, self.transfer.stream_part_size)
+        if size is not None and size > limit:
             return self._multipart_write(ref, client, common, [], iterator, create_only, hasher, expected, size)
         pending: list[bytes] = []
         held = 0
         for chunk in iterator:
             pending.append(chunk)
             held += len(chunk)
-            if held >= self.transfer.multipart_threshold:
+            if held > limit:
                 return self._multipart_write(ref, client, common, pending, iterator, create_only, hasher, expected, size)
         body = b"".join(pending)
         hasher.update(body)
@@ -519,8 +523,8 @@ class S3Store:
         kwargs = dict(common, Body=body, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=_crc32c_b64(body))
         if create_only:
             kwargs["IfNoneMatch"] = "*"
-        self._call("put_object", ref.uri, lambda: client.put_object(**kwargs))
-        return self.stat(ref)
+        resp = self._call("put_object", ref.uri, lambda: client.put_object(**kwargs))
+        return self._uploaded(ref, resp, len(body), common)
 
     def _multipart_write(
         self,
@@ -584,13 +588,20 @@ class S3Store:
             }
             if create_only:
                 kwargs["IfNoneMatch"] = "*"
-            self._complete(client, ref, kwargs)
+            resp = self._complete(client, ref, kwargs)
         except BaseException as exc:
             self._abort(client, ref, upload_id)
             if isinstance(exc, _UploadConflict):
                 raise exc.restart(ref) from exc
             raise
-        return self.stat(ref)
+        return self._uploaded(ref, resp, hasher.size, common)
+
+    def _uploaded(self, ref: ObjectRef, resp: Mapping[str, Any], size: int, sent: Mapping[str, Any]) -> ObjectInfo:
+        """The new object as the upload's response and request describe it."""
+        info = self._copied(ref, ObjectInfo(ref=ref, size=size, content_type=sent.get("ContentType")), resp,
+                            resp.get("ETag"), resp.get("ChecksumCRC32C"))
+        headers = {h: sent[p] for h, p in _HEADER_PARAMS.items() if sent.get(p)}
+        return replace(info, metadata=dict(sent.get("Metadata") or {}), headers=headers, metadata_known=True)
 
     def _complete(self, client: Any, ref: ObjectRef, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
         """CompleteMultipartUpload, retried alone on transient errors but never on a 409 conflict.
