@@ -288,6 +288,7 @@ class S3Store:
         # Worker threads share one client per region (boto3 clients are thread-safe);
         # without the lock, every thread that misses the cache at once builds its own.
         self._clients_lock = threading.Lock()
+        self._regions_lock = threading.Lock()
         self._bucket_regions: dict[str, str] = {}
         self.default_region = default_region
         self.transfer = transfer or S3TransferConfig()
@@ -306,7 +307,9 @@ class S3Store:
 
     def _bucket_client(self, bucket: str) -> Any:
         if bucket not in self._bucket_regions:
-            self._bucket_regions[bucket] = self.placement(bucket).location
+            with self._regions_lock:  # one GetBucketLocation per bucket, not one per thread that starts at once
+                if bucket not in self._bucket_regions:
+                    self._bucket_regions[bucket] = self.placement(bucket).location
         return self._client(self._bucket_regions[bucket])
 
     def _call(self, what: str, uri: str, fn: Callable[[], Any]) -> Any:
