@@ -372,6 +372,11 @@ def _copy_page(
         else:
             _tally(result, already_present=1)
 
+    _each(policy, rows, one, writes, progress)
+
+
+def _each(policy: Policy, rows: list[dict[str, Any]], one: Any, writes: _Writes, progress: _Progress) -> None:
+    """Run ``one`` for every row on the policy's worker threads, then write what is pending."""
     try:
         with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
             list(pool.map(one, rows))
@@ -796,12 +801,7 @@ def _verify_page(
             _fail(result, writes, policy, row["src_uri"], reason, row)
             progress.add(row, "failed")
 
-    try:
-        with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-            list(pool.map(one, rows))
-    finally:
-        writes.flush()
-        progress.flush()
+    _each(policy, rows, one, writes, progress)
 
 
 def source_change(row: Mapping[str, Any], entry: Listed) -> str | None:

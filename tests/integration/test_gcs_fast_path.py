@@ -21,16 +21,14 @@ emulator does not implement is shown, not assumed:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from requests.adapters import HTTPAdapter
 
+from jsonapi_fake import LoopbackJsonApiFake
 from residency import checksums
 from residency.clients import GcsCredentials
 from residency.errors import ObjectNotFound, PreconditionFailed, SourceChanged
@@ -300,7 +298,7 @@ def test_fake_gcs_server_ignores_if_generation_match_on_rewrite_so_the_emulator_
     assert GcsStore.capabilities.create_only_copies is False  # the class default is untouched
 
 
-class GcsRewritePreconditions:
+class GcsRewritePreconditions(LoopbackJsonApiFake):
     """A fake of the two rewrite preconditions fake-gcs-server ignores, in front of it.
 
     Named as a fake, per the design. For ``POST .../rewriteTo/...`` it answers as
@@ -323,56 +321,8 @@ class GcsRewritePreconditions:
     }
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = urlsplit(upstream)
+        super().__init__(upstream)
         self.refused = 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                status, headers, payload = fake.answer(self.command, self.path, dict(self.headers), body)
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> GcsRewritePreconditions:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
-        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
-        try:
-            sent = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection", "content-length")}
-            conn.request(method, path, body=body or None, headers=sent)
-            resp = conn.getresponse()
-            payload = resp.read()
-            keep = [(k, v) for k, v in resp.getheaders()
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection")]
-            return resp.status, keep, payload
-        finally:
-            conn.close()
 
     def _live_generation(self, object_path: str) -> int:
         status, _, payload = self._forward("GET", object_path, {}, b"")

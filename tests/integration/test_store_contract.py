@@ -30,6 +30,7 @@ from google.api_core import exceptions as gexc
 from google.auth.exceptions import RefreshError
 from google.cloud import storage
 
+from jsonapi_fake import LoopbackJsonApiFake
 from residency import checksums, transfer
 from residency.clients import GcsCredentials
 from residency.errors import (
@@ -703,7 +704,7 @@ class TestGcsStore(StoreContract):
 # -- A small fake of what fake-gcs-server lacks, in front of it -------------------------
 
 
-class GcsJsonApiProxy:
+class GcsJsonApiProxy(LoopbackJsonApiFake):
     """Forwards to fake-gcs-server and records requests; fakes two parts of the JSON API.
 
     Named as a fake, per the design: fake-gcs-server finishes every rewrite in one
@@ -729,8 +730,8 @@ class GcsJsonApiProxy:
         fail_range: int | None = None,
         fake_status_checks: bool = True,
     ) -> None:
+        super().__init__(upstream, rewrite_urls=True)
         self.fake_status_checks = fake_status_checks
-        self.upstream = urlsplit(upstream)
         self.rewrite_rounds = rewrite_rounds
         self.fail_chunk = fail_chunk
         self.fail_range = fail_range
@@ -741,57 +742,6 @@ class GcsJsonApiProxy:
         self._chunks = 0
         self._persisted: dict[str, str] = {}
         self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                status, headers, payload = proxy.answer(self.command, self.path, dict(self.headers), body)
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> GcsJsonApiProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
-        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
-        try:
-            sent = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection", "content-length")}
-            conn.request(method, path, body=body or None, headers=sent)
-            resp = conn.getresponse()
-            payload = resp.read()
-            keep = [
-                (k, v.replace(f"http://{self.upstream.netloc}", self.url))
-                for k, v in resp.getheaders()
-                if k.lower() not in ("content-length", "transfer-encoding", "connection")
-            ]
-            return resp.status, keep, payload
-        finally:
-            conn.close()
 
     def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
         split = urlsplit(path)

@@ -178,6 +178,16 @@ def provenance_tags(metadata: Mapping[str, str]) -> dict[str, str]:
     return tags
 
 
+def _encryption_and_md5(resp: Mapping[str, Any], etag: str | None) -> tuple[str | None, dict[str, str]]:
+    """The object's encryption as a response reports it, and ``{"md5": ...}`` where its
+    ETag is an MD5 (never for SSE-KMS / SSE-C or multipart)."""
+    encryption = resp.get("ServerSideEncryption")
+    if resp.get("SSECustomerAlgorithm"):
+        encryption = "sse-c"
+    md5 = checksums.md5_from_etag(etag, encryption)
+    return encryption, ({"md5": md5} if md5 else {})
+
+
 def _crc32c_b64(body: bytes) -> str:
     return checksums.hex_to_b64(checksums.crc32c_hex(body))
 
@@ -400,13 +410,7 @@ class S3Store:
 
     def _info(self, ref: ObjectRef, resp: Mapping[str, Any]) -> ObjectInfo:
         etag = resp.get("ETag")
-        encryption = resp.get("ServerSideEncryption")
-        if resp.get("SSECustomerAlgorithm"):
-            encryption = "sse-c"
-        found: dict[str, str] = {}
-        md5 = checksums.md5_from_etag(etag, encryption)
-        if md5:
-            found["md5"] = md5
+        encryption, found = _encryption_and_md5(resp, etag)
         composite = resp.get("ChecksumType") == "COMPOSITE"
         for field_name, algorithm in _CHECKSUM_FIELDS.items():
             value = resp.get(field_name)
@@ -707,13 +711,7 @@ class S3Store:
         self, dst: ObjectRef, src: ObjectInfo, resp: Mapping[str, Any], etag: str | None, crc32c: str | None
     ) -> ObjectInfo:
         """The new object as a copy's response describes it (see :meth:`copy`)."""
-        encryption = resp.get("ServerSideEncryption")
-        if resp.get("SSECustomerAlgorithm"):
-            encryption = "sse-c"
-        found: dict[str, str] = {}
-        md5 = checksums.md5_from_etag(etag, encryption)
-        if md5:
-            found["md5"] = md5
+        encryption, found = _encryption_and_md5(resp, etag)
         if crc32c and "-" not in crc32c and resp.get("ChecksumType") != "COMPOSITE":
             found["crc32c"] = checksums.b64_to_hex(crc32c)
         version = resp.get("VersionId")
