@@ -38,8 +38,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
@@ -129,12 +128,6 @@ class AttestResult:
                          "src_gone", "requeued", "repaired", "repair_failed", "not_repaired", "arrived"):
                 totals[name] += getattr(s, name)
         return {"phase": self.phase, "stamp": self.stamp, "dry_run": self.dry_run, "sources": per, **totals}
-
-
-def _pages(it: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(it)
-    while page := list(islice(iterator, size)):
-        yield page
 
 
 def attest(
@@ -227,7 +220,7 @@ def _attest_source(
 
     # 1. The destination listing: most objects are re-proven here, a thousand a request.
     dst_bucket = destination.ref.bucket
-    for page in _pages(dst_store.list_entries(dst_bucket, destination.key_prefix(source)), PAGE):
+    for page in transfer.pages(dst_store.list_entries(dst_bucket, destination.key_prefix(source)), PAGE):
         counts.requests["destination listing entries"] += len(page)
         rows = ledger.objects_by_dst(mid, (e.ref.uri for e in page))
         proofs = []
@@ -316,7 +309,7 @@ def _check_source(
     seen: list[str] = []
 
     with_version = ledger.has_versions(mid, source.bucket_uri)
-    for page in _pages(src_store.list_entries(source.ref.bucket, source.prefix, with_version=with_version), PAGE):
+    for page in transfer.pages(src_store.list_entries(source.ref.bucket, source.prefix, with_version=with_version), PAGE):
         counts.requests["source listing entries"] += len(page)
         rows = ledger.get_objects(mid, (e.ref.uri for e in page))
         for entry in page:
@@ -350,7 +343,7 @@ def _check_source(
         ledger.mark_attested(mid, stamp, notes)
 
     # New keys since the inventory: is any of them media in scope?
-    for page in _pages(candidates, PAGE):
+    for page in transfer.pages(candidates, PAGE):
         infos = []
         with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
             infos = list(pool.map(lambda e: _stat(src_store, e), page))
@@ -390,8 +383,6 @@ def _mark_source_seen(ledger: Ledger, mid: str, src_uris: list[str], stamp: str)
             )
 
 
-
-
 def _proven_sums(row: dict[str, Any]) -> dict[str, str]:
     """Checksums the source's bytes are known to have: the source's own, and the
     destination's value of the algorithm the verification compared (equal by then)."""
@@ -403,13 +394,6 @@ def _proven_sums(row: dict[str, Any]) -> dict[str, str]:
     return sums
 
 
-def _same_object(row: dict[str, Any], etag: str | None, version: str | None) -> bool:
-    """The ETag (and version, where recorded) is the one the verification saw."""
-    if not row.get("dst_etag") or etag != row["dst_etag"]:
-        return False
-    return not row.get("dst_version") or version is None or version == row["dst_version"]
-
-
 def _listing_proof(row: dict[str, Any], entry: Listed, dst_store: Store) -> str | None:
     if entry.size != row["size"]:
         return None
@@ -418,7 +402,7 @@ def _listing_proof(row: dict[str, Any], entry: Listed, dst_store: Store) -> str 
         algorithm = checksums.common_algorithm(sums, dict(entry.checksums))
         if algorithm and sums[algorithm] == entry.checksums[algorithm]:
             return LISTING_CHECKSUM
-    if _same_object(row, entry.etag, entry.version):
+    if transfer.same_object(row, entry.etag, entry.version):
         return LISTING_ETAG
     return None
 
@@ -440,7 +424,7 @@ def _proof_of(row: dict[str, Any], info: ObjectInfo, dst_store: Store) -> tuple[
     ref = info.ref
     if info.size != row["size"]:
         return "changed", f"the destination object {ref.uri} now has {info.size} bytes, {row['size']} were verified"
-    if _same_object(row, info.etag, info.version):
+    if transfer.same_object(row, info.etag, info.version):
         return "ok", HEAD_ETAG
     sums = _proven_sums(row)
     theirs = dict(info.checksums)

@@ -19,9 +19,9 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
+from . import transfer
 from .errors import StoreError
 from .ledger import FAILED, INVENTORY_REFUSAL, Ledger
 from .policy import Policy, Source
@@ -125,11 +125,6 @@ def group_shards(shards: list[dict[str, Any]], max_tasks: int) -> list[dict[str,
     return out
 
 
-def _pages(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while page := list(islice(it, size)):
-        yield page
-
-
 def run_inventory(
     policy: Policy,
     ledger: Ledger,
@@ -175,7 +170,7 @@ def run_inventory(
         if given is not None:
             log.info("inventory %s: %s", source.bucket_uri, inventory_source)
         with ThreadPoolExecutor(max_workers=policy.transfer.workers) as pool:
-            for page in _pages(iter(entries), PAGE):
+            for page in transfer.pages(entries, PAGE):
                 wanted = [e for e in page if _needs_head(policy, decide_by, e)]
                 requests["head"] += len(wanted)
                 stats = dict(zip((e.ref.uri for e in wanted), pool.map(lambda e: _stat(store, e.ref), wanted)))

@@ -263,7 +263,7 @@ def copy_shard(
     """Copy the objects of one shard (or range of shards) of the manifest in the ledger."""
     result = CopyResult(shard=shard["shard"], dry_run=dry_run)
     rows = ledger.iter_shard(policy.migration_id, shard.get("manifest"), shard["shard"], shard.get("last"))
-    for page in _pages(rows, PAGE):
+    for page in pages(rows, PAGE):
         _copy_page(policy, ledger, page, src_store, dst_store, result, dry_run=dry_run)
     _log_copy(result)
     return result
@@ -281,7 +281,7 @@ def copy_rows(
 ) -> CopyResult:
     """Copy the named objects (all of one source); one outcome per object in the ledger."""
     result = CopyResult(shard=shard, dry_run=dry_run)
-    for names in _pages(iter(src_uris), PAGE):
+    for names in pages(src_uris, PAGE):
         rows = ledger.get_objects(policy.migration_id, names)
         for name in names:
             if name not in rows:
@@ -298,8 +298,10 @@ def copy_rows(
 PAGE = 1000
 
 
-def _pages(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while page := list(islice(rows, size)):
+def pages(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size``, drawn lazily (never all in memory)."""
+    iterator = iter(items)
+    while page := list(islice(iterator, size)):
         yield page
 
 
@@ -424,7 +426,7 @@ def _fast_copy(policy: Policy, row: dict[str, Any], dst_store: Store) -> tuple[s
     threshold = getattr(getattr(dst_store, "transfer", None), "multipart_threshold", float("inf"))
     method = "server_side_multipart" if src.size > threshold else "server_side"
     values: dict[str, Any] = dict(_NO_PROOF)
-    proof = None if policy.transfer.sha256 else response_proof(row, src, info)
+    proof = None if policy.transfer.sha256 else response_proof(src, info)
     if proof is not None:
         values.update(proof)
         log.info("copy %s -> %s: copied %d bytes (%s), proven by the response: %s %s", src.ref.uri, dst_ref.uri,
@@ -435,7 +437,7 @@ def _fast_copy(policy: Policy, row: dict[str, Any], dst_store: Store) -> tuple[s
     return "copied", method, values
 
 
-def response_proof(row: Mapping[str, Any], src: ObjectInfo, info: ObjectInfo) -> dict[str, Any] | None:
+def response_proof(src: ObjectInfo, info: ObjectInfo) -> dict[str, Any] | None:
     """The proof a server-side copy's response carries, or ``None``.
 
     The response reports a checksum the destination's server computed of the new
@@ -693,7 +695,7 @@ def verify_shard(
     """Verify every copied object of one shard (or range of shards); verdicts go into the ledger."""
     result = VerifyResult(shard=shard["shard"])
     rows = ledger.iter_shard(policy.migration_id, shard.get("manifest"), shard["shard"], shard.get("last"))
-    for page in _pages(rows, PAGE):
+    for page in pages(rows, PAGE):
         _verify_page(policy, ledger, page, src_store, dst_store, result)
     _log_verify(result)
     return result
@@ -710,7 +712,7 @@ def verify_rows(
 ) -> VerifyResult:
     """Verify the named objects that are copied; verdicts go into the ledger."""
     result = VerifyResult(shard=shard)
-    for names in _pages(iter(src_uris), PAGE):
+    for names in pages(src_uris, PAGE):
         rows = ledger.get_objects(policy.migration_id, names)
         missing = len(names) - len(rows)
         _tally(result, objects=missing, not_copied=missing)
@@ -746,7 +748,7 @@ def _verify_page(
     """
     progress = _Progress(ledger, policy.migration_id, "verify")
     writes = _Writes(ledger, policy.migration_id)
-    proven = [r for r in rows if r["state"] == COPIED and r.get("verify_method") == COPY_RESPONSE and r.get("dst_etag")]
+    proven = [r for r in rows if _proven_by_copy(r)]
     listed = listed_range(dst_store, [r["dst_uri"] for r in proven]) if proven else {}
     # The source side, listed too: a copy of a version the application has since
     # overwritten must not be verified (its cutover would lose the newer write).
@@ -760,28 +762,8 @@ def _verify_page(
         if row["state"] in DONE:
             _tally(result, already_verified=1)
             return
-        verdict, detail = Verdict.ERROR, {}
-        if row.get("verify_method") == COPY_RESPONSE and row.get("dst_etag"):
-            entry = listed.get(row["dst_uri"])
-            source = sources.get(row["src_uri"])
-            changed = "the source object is gone" if source is None else source_change(row, source)
-            if changed:
-                verdict, detail = Verdict.SOURCE_CHANGED, {"reason": f"{changed}; re-run inventory to re-queue"}
-            elif entry is None:
-                verdict, detail = Verdict.MISSING_DST, {"reason": f"{row['dst_uri']} is not in the destination listing"}
-            elif entry.size == row["size"] and _same_listed(row, entry):
-                verdict, detail = Verdict.MATCH, {
-                    "algorithm": row["verify_algorithm"], "method": COPY_RESPONSE, "dst": row["dst_checksums"],
-                    "dst_etag": row["dst_etag"], "dst_version": row["dst_version"],
-                    "proof": f"{row['proof']}; the destination listing at verification shows that object "
-                             f"(etag {entry.etag}, {entry.size} bytes)",
-                }
-            else:
-                verdict = None  # replaced since the copy: ask the servers
-        else:
-            verdict = None
-        if verdict is None:
-            verdict, detail = _verify_one(row, src_store, dst_store, require_sha256=policy.transfer.sha256)
+        outcome = _listing_verdict(row, listed, sources) if _proven_by_copy(row) else None
+        verdict, detail = outcome or _verify_one(row, src_store, dst_store, require_sha256=policy.transfer.sha256)
         _tally(result, verdicts=(verdict.value, 1))
         if verdict is Verdict.MATCH:
             _tally(result, verified=1, verified_bytes=row["size"],
@@ -820,11 +802,38 @@ def _bare(etag: str) -> str:
     return etag.strip().strip('"')
 
 
-def _same_listed(row: Mapping[str, Any], entry: Listed) -> bool:
-    """The listed destination object is the one the copy response described."""
-    if _bare(entry.etag or "") != _bare(row.get("dst_etag") or ""):
+def _proven_by_copy(row: Mapping[str, Any]) -> bool:
+    return row["state"] == COPIED and row.get("verify_method") == COPY_RESPONSE and bool(row.get("dst_etag"))
+
+
+def _listing_verdict(
+    row: Mapping[str, Any], listed: Mapping[str, Listed], sources: Mapping[str, Listed]
+) -> tuple[Verdict, dict[str, Any]] | None:
+    """The verdict on a copy its response proved, from the listings alone; ``None``
+    when the destination object was replaced since (the servers are asked then)."""
+    source = sources.get(row["src_uri"])
+    changed = "the source object is gone" if source is None else source_change(row, source)
+    if changed:
+        return Verdict.SOURCE_CHANGED, {"reason": f"{changed}; re-run inventory to re-queue"}
+    entry = listed.get(row["dst_uri"])
+    if entry is None:
+        return Verdict.MISSING_DST, {"reason": f"{row['dst_uri']} is not in the destination listing"}
+    if entry.size != row["size"] or not same_object(row, entry.etag, entry.version):
+        return None
+    return Verdict.MATCH, {
+        "algorithm": row["verify_algorithm"], "method": COPY_RESPONSE, "dst": row["dst_checksums"],
+        "dst_etag": row["dst_etag"], "dst_version": row["dst_version"],
+        "proof": f"{row['proof']}; the destination listing at verification shows that object "
+                 f"(etag {entry.etag}, {entry.size} bytes)",
+    }
+
+
+def same_object(row: Mapping[str, Any], etag: str | None, version: str | None) -> bool:
+    """The ETag (and version, where both are known) is the one the ledger recorded for
+    the destination object: the copy response's, or the verification's."""
+    if not row.get("dst_etag") or etag is None or _bare(etag) != _bare(row["dst_etag"]):
         return False
-    return not (entry.version and row.get("dst_version")) or entry.version == row["dst_version"]
+    return not row.get("dst_version") or version is None or version == row["dst_version"]
 
 
 def _verify_one(
