@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
+import sqlalchemy as sa
 
 from residency.clients import AwsCredentials, GcsCredentials
 from residency.ledger import Ledger
@@ -99,3 +101,54 @@ def make_gcs_bucket(gcs_admin: GcsCredentials):
         return name
 
     return make
+
+
+# -- an application database, on SQLite and PostgreSQL -------------------------------
+
+
+class AppDb:
+    """An application database with uniquely named tables (the PostgreSQL one is shared)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.suffix = uuid.uuid4().hex[:8]
+        self.engine = sa.create_engine(url)
+        self.tables: list[str] = []
+
+    def name(self, base: str) -> str:
+        return f"{base}_{self.suffix}"
+
+    def create(self, base: str, columns: str, rows: list[dict[str, Any]]) -> str:
+        table = self.name(base)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE {table} ({columns})")
+            if rows:
+                cols = list(rows[0])
+                conn.execute(sa.text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                                     f"({', '.join(':' + c for c in cols)})"), rows)
+        self.tables.append(table)
+        return table
+
+    def rows(self, table: str, key: str, column: str) -> dict[Any, Any]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.text(f"SELECT {key}, {column} FROM {table}")).all())
+
+    def set(self, table: str, key: str, column: str, k: Any, value: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {table} SET {column} = :v WHERE {key} = :k"), {"v": value, "k": k})
+
+    def drop(self) -> None:
+        with self.engine.begin() as conn:
+            for table in self.tables:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        self.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
+    if request.param == "postgresql":
+        db = AppDb(request.getfixturevalue("pg_url"))
+    else:
+        db = AppDb(f"sqlite:///{tmp_path / 'app.db'}")
+    yield db
+    db.drop()

@@ -127,6 +127,19 @@ journal = sa.Table(
     sa.UniqueConstraint("migration_id", "table_name", "url_column", "key_value", name="uq_journal_cell"),
 )
 
+#: The objects whose URLs the cutover wrote into each journaled cell (a text or
+#: JSON cell may hold several). Indexed by object, so that marking objects
+#: ``cut_over`` (no reference in conflict) costs one index lookup per object.
+journal_objects = sa.Table(
+    "residency_reference_objects",
+    metadata,
+    sa.Column("journal_id", sa.Integer, nullable=False),
+    sa.Column("migration_id", sa.String(128), nullable=False),
+    sa.Column("src_uri", sa.String(2048), nullable=False),
+    sa.Index("ix_residency_reference_objects_journal", "journal_id"),
+    sa.Index("ix_residency_reference_objects_src", "migration_id", "src_uri"),
+)
+
 revocations = sa.Table(
     "residency_revocations",
     metadata,
@@ -237,8 +250,15 @@ class Ledger:
     def create_schema(self) -> None:
         """Create the tables, and add what a newer version of this module declares
         to tables an older one created (nullable columns and indexes only)."""
+        had_links = sa.inspect(self.engine).has_table(journal_objects.name)
         metadata.create_all(self.engine)
         inspector = sa.inspect(self.engine)
+        if not had_links:  # a journal written before the link table: one object per cell
+            with self.engine.begin() as conn:
+                conn.execute(journal_objects.insert().from_select(
+                    ["journal_id", "migration_id", "src_uri"],
+                    sa.select(journal.c.id, journal.c.migration_id, journal.c.src_uri),
+                ))
         with self.engine.begin() as conn:
             for table in metadata.sorted_tables:
                 have = {c["name"] for c in inspector.get_columns(table.name)}

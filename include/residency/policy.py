@@ -163,6 +163,9 @@ class ReferenceColumn:
     key: str
     column: str
     kind: str = "url"
+    #: JSON kind only: where the URLs are (``$.avatar.url``, ``$.images[*].src``,
+    #: ``$..href``); empty: every string of the document, at any depth.
+    paths: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -226,6 +229,30 @@ class References:
     conn_id: str | None = None
     hosts: tuple[HostMapping, ...] = ()
     accepted_residual: tuple[AcceptedResidual, ...] = ()
+    discover: Discover | None = None
+
+
+@dataclass(frozen=True)
+class Discover:
+    """Discovery: scan every text and JSON column of the application database (the
+    schemas named, or the default one) for references the policy's columns miss."""
+
+    schemas: tuple[str | None, ...] = (None,)  # None: the connection's default schema
+    exclude: tuple[str, ...] = ()  # table or table.column names not to scan
+
+
+@dataclass(frozen=True)
+class Cutover:
+    """How the cutover meets a live application.
+
+    ``catch_up_passes``: listings of the sources after the copy, each copying and
+    verifying what arrived or changed since, repeated while the delta shrinks (0:
+    none). ``freeze``: during the final pass and the cutover, source buckets refuse
+    writes (an S3 bucket-policy deny statement), removed afterwards.
+    """
+
+    catch_up_passes: int = 3
+    freeze: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,7 +266,7 @@ class Principal:
 
 
 #: The irreversible steps a human approves in the Airflow UI before they happen.
-APPROVAL_STEPS = ("cutover", "revoke")
+APPROVAL_STEPS = ("cutover", "revoke", "rollback")
 
 
 @dataclass(frozen=True)
@@ -266,6 +293,7 @@ class Policy:
     ledger_url: str | None
     ledger_conn_id: str | None = None
     approvals: Mapping[str, ApprovalRule] = field(default_factory=lambda: {s: ApprovalRule() for s in APPROVAL_STEPS})
+    cutover: Cutover = field(default_factory=Cutover)
 
     def destination_for(self, source: Source) -> Destination:
         return self.destinations[source.to]
@@ -302,6 +330,7 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
     _no_unknown(doc, "", {
         "migration_id", "home_jurisdiction", "sources", "destinations", "selection",
         "transfer", "references", "revoke", "control_dir", "ledger_url", "ledger_conn_id", "approvals",
+        "cutover",
     })
     base = Path(path).parent if path != "<memory>" else Path.cwd()
 
@@ -338,7 +367,21 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
         sources=sources, destinations=destinations, selection=selection, transfer=transfer,
         references=references, revocations=principals, control_dir=str(control), ledger_url=ledger_url,
         ledger_conn_id=ledger_conn_id, approvals=_approvals(doc.get("approvals") or {}),
+        cutover=_cutover(doc.get("cutover") or {}),
     )
+
+
+def _cutover(raw: Any) -> Cutover:
+    if not isinstance(raw, dict):
+        raise PolicyError("cutover", raw, "expected a mapping")
+    _no_unknown(raw, "cutover.", {"catch_up_passes", "freeze"})
+    passes = raw.get("catch_up_passes", 3)
+    if not isinstance(passes, int) or isinstance(passes, bool) or not 0 <= passes <= 20:
+        raise PolicyError("cutover.catch_up_passes", passes, "expected an integer from 0 to 20")
+    freeze = raw.get("freeze", False)
+    if not isinstance(freeze, bool):
+        raise PolicyError("cutover.freeze", freeze, "expected true or false")
+    return Cutover(passes, freeze)
 
 
 _USER = re.compile(r"^[\w.@+-]{1,128}$")
@@ -587,7 +630,8 @@ def _references(raw: Any, base: Path) -> References | None:
         return None
     if not isinstance(raw, dict):
         raise PolicyError("references", raw, "expected a mapping")
-    _no_unknown(raw, "references.", {"database_url", "conn_id", "columns", "batch_size", "hosts", "accepted_residual"})
+    _no_unknown(raw, "references.", {"database_url", "conn_id", "columns", "batch_size", "hosts", "accepted_residual",
+                                     "discover"})
     conn_id = _conn_id(raw, "conn_id", "references.", required=False)
     url: str | None = None
     if raw.get("database_url") not in (None, ""):
@@ -606,7 +650,7 @@ def _references(raw: Any, base: Path) -> References | None:
         prefix = f"references.columns[{i}]."
         if not isinstance(item, dict):
             raise PolicyError(f"references.columns[{i}]", item, "expected a mapping")
-        _no_unknown(item, prefix, {"table", "key", "column", "kind"})
+        _no_unknown(item, prefix, {"table", "key", "column", "kind", "paths"})
         values = {}
         for name in ("table", "key", "column"):
             value = _req(item, name, str, prefix)
@@ -616,7 +660,7 @@ def _references(raw: Any, base: Path) -> References | None:
         kind = item.get("kind", "url")
         if kind not in COLUMN_KINDS:
             raise PolicyError(f"{prefix}kind", kind, f"expected one of {', '.join(COLUMN_KINDS)}")
-        column = ReferenceColumn(kind=kind, **values)
+        column = ReferenceColumn(kind=kind, paths=_json_paths(item, prefix, kind), **values)
         if any((c.table, c.column) == (column.table, column.column) for c in columns):
             raise PolicyError(f"{prefix}column", column.column, f"{column.label} is listed twice")
         columns.append(column)
@@ -626,7 +670,50 @@ def _references(raw: Any, base: Path) -> References | None:
     return References(
         url, tuple(columns), batch, conn_id=conn_id,
         hosts=_hosts(raw.get("hosts") or []), accepted_residual=_accepted(raw.get("accepted_residual") or []),
+        discover=_discover(raw.get("discover", True)),
     )
+
+
+def _json_paths(item: Mapping[str, Any], prefix: str, kind: str) -> tuple[str, ...]:
+    raw = item.get("paths")
+    if raw is None:
+        return ()
+    if kind != "json":
+        raise PolicyError(f"{prefix}paths", raw, "only a column of kind json has paths")
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) for p in raw):
+        raise PolicyError(f"{prefix}paths", raw, "expected a list of paths such as ['$.avatar.url', '$.images[*]']")
+    from .jsonpaths import parse_path  # noqa: PLC0415 - keeps policy light
+
+    for i, path in enumerate(raw):
+        try:
+            parse_path(path)
+        except ValueError as exc:
+            raise PolicyError(f"{prefix}paths[{i}]", path, str(exc)) from None
+    return tuple(raw)
+
+
+def _discover(raw: Any) -> Discover | None:
+    if raw is False:
+        return None
+    if raw is True or raw is None:
+        return Discover()
+    if not isinstance(raw, dict):
+        raise PolicyError("references.discover", raw, "expected true, false or {schemas, exclude}")
+    _no_unknown(raw, "references.discover.", {"schemas", "exclude"})
+    schemas = raw.get("schemas")
+    if schemas is None:
+        schema_names: tuple[str | None, ...] = (None,)
+    elif isinstance(schemas, list) and schemas and all(isinstance(s, str) and _IDENT.match(s) for s in schemas):
+        schema_names = tuple(schemas)
+    else:
+        raise PolicyError("references.discover.schemas", schemas, "expected a list of schema names")
+    exclude = raw.get("exclude", [])
+    if not isinstance(exclude, list) or not all(
+        isinstance(e, str) and 1 <= e.count(".") + 1 <= 2 and all(_IDENT.match(p) for p in e.split("."))
+        for e in exclude
+    ):
+        raise PolicyError("references.discover.exclude", exclude, "expected a list of table or table.column names")
+    return Discover(schema_names, tuple(exclude))
 
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")

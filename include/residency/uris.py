@@ -158,6 +158,7 @@ class ParsedUrl:
     endpoint: str = ""
     fragment: str = ""
     host: str = ""
+    raw_key: str = field(default="", compare=False)  # the key as written (its percent-encoding); "" unknown
 
     @property
     def version(self) -> str | None:
@@ -330,7 +331,7 @@ def _parse_uri(match: re.Match[str]) -> ParsedUrl | None:
     if not key or not _ANY_BUCKET.fullmatch(bucket) or (provider == "s3" and bucket.endswith(_ALIAS_SUFFIXES)):
         return None
     style = UrlStyle.S3_URI if provider == "s3" else UrlStyle.GS_URI
-    return ParsedUrl(ObjectRef(provider, bucket, key), style, scheme=scheme)
+    return ParsedUrl(ObjectRef(provider, bucket, key), style, scheme=scheme, raw_key=key)
 
 
 def _hostname(authority: str) -> str | None:
@@ -342,12 +343,12 @@ def _hostname(authority: str) -> str | None:
     return host.lower() or None
 
 
-def _split_path_style(path: str) -> tuple[str, str] | None:
-    """``/BUCKET/rest`` -> (BUCKET, unquoted rest); the key keeps every further slash."""
+def _split_path_style(path: str) -> tuple[str, str, str] | None:
+    """``/BUCKET/rest`` -> (BUCKET, unquoted rest, rest); the key keeps every further slash."""
     bucket, sep, raw_key = path[1:].partition("/")
     if not sep or not raw_key or not _ANY_BUCKET.fullmatch(bucket):
         return None
-    return bucket, unquote(raw_key)
+    return bucket, unquote(raw_key), raw_key
 
 
 def _virtual_key(path: str) -> str | None:
@@ -362,7 +363,8 @@ def _parse_cdn(cdn: CdnHost, path: str, base: dict[str, str]) -> ParsedUrl | Non
     key = decoded[len(cdn.path_prefix):]
     if not key:
         return None
-    return ParsedUrl(ObjectRef(cdn.provider, cdn.bucket, key), UrlStyle.CDN, host=cdn.host, **base)
+    raw = path[1 + len(cdn.path_prefix):] if path[1:].startswith(cdn.path_prefix) else ""
+    return ParsedUrl(ObjectRef(cdn.provider, cdn.bucket, key), UrlStyle.CDN, host=cdn.host, raw_key=raw, **base)
 
 
 def _parse_gs(host: str, path: str, base: dict[str, str]) -> ParsedUrl | None:
@@ -373,7 +375,8 @@ def _parse_gs(host: str, path: str, base: dict[str, str]) -> ParsedUrl | None:
             bucket, key = api.group(2), unquote(api.group(3))
             if not _ANY_BUCKET.fullmatch(bucket) or not key:
                 return None
-            return ParsedUrl(ObjectRef("gs", bucket, key), UrlStyle.GS_API, endpoint=endpoint, host=host, **base)
+            return ParsedUrl(ObjectRef("gs", bucket, key), UrlStyle.GS_API, endpoint=endpoint, host=host,
+                             raw_key=api.group(3), **base)
         if host == "www.googleapis.com" or path.startswith(_GS_API_PREFIXES):
             return None  # other JSON API resources (listings, metadata of buckets, uploads)
     for endpoint, path_host in _GS_PATH_HOSTS.items():
@@ -381,14 +384,15 @@ def _parse_gs(host: str, path: str, base: dict[str, str]) -> ParsedUrl | None:
             split = _split_path_style(path)
             if split is None:
                 return None
-            ref = ObjectRef("gs", *split)
-            return ParsedUrl(ref, UrlStyle.GS_PATH, endpoint=endpoint, host=host, **base)
+            ref = ObjectRef("gs", split[0], split[1])
+            return ParsedUrl(ref, UrlStyle.GS_PATH, endpoint=endpoint, host=host, raw_key=split[2], **base)
     for endpoint, suffix in _GS_VIRTUAL_SUFFIXES.items():
         if host.endswith(suffix):
             bucket, key = host[: -len(suffix)], _virtual_key(path)
             if not key or not _ANY_BUCKET.fullmatch(bucket):
                 return None
-            return ParsedUrl(ObjectRef("gs", bucket, key), UrlStyle.GS_VIRTUAL, endpoint=endpoint, host=host, **base)
+            return ParsedUrl(ObjectRef("gs", bucket, key), UrlStyle.GS_VIRTUAL, endpoint=endpoint, host=host,
+                             raw_key=path[1:], **base)
     return None
 
 
@@ -407,7 +411,7 @@ def _parse_s3(host: str, path: str, base: dict[str, str]) -> ParsedUrl | None:
     bucket_label = match.group("bucket")
     if bucket_label is not None:
         style = UrlStyle.S3_WEBSITE if UrlStyle.S3_WEBSITE in family.styles else UrlStyle.S3_VIRTUAL
-        bucket, key = bucket_label, _virtual_key(path)
+        bucket, key, raw_key = bucket_label, _virtual_key(path), path[1:]
         if not key or not _ANY_BUCKET.fullmatch(bucket):
             return None
     else:
@@ -415,10 +419,11 @@ def _parse_s3(host: str, path: str, base: dict[str, str]) -> ParsedUrl | None:
         split = _split_path_style(path)
         if style not in family.styles or split is None:
             return None
-        bucket, key = split
+        bucket, key, raw_key = split
     if bucket.endswith(_ALIAS_SUFFIXES):
         return None
-    return ParsedUrl(ObjectRef("s3", bucket, key), style, region, endpoint=family.name, host=host, **base)
+    return ParsedUrl(ObjectRef("s3", bucket, key), style, region, endpoint=family.name, host=host, raw_key=raw_key,
+                     **base)
 
 
 def _query_value(query: str, name: str) -> str | None:

@@ -61,7 +61,8 @@ PROFILES = {
 EXPECTED_PHOTOS = dict(PHOTOS) | {
     1: "s3://tokyo-line-media/seoul-line-photos/a.jpg",
     2: f"https://tokyo-line-media.s3.ap-northeast-1.amazonaws.com/seoul-line-photos/{UNICODE_KEY_QUOTED}?v=3",
-    3: "https://s3.ap-northeast-1.amazonaws.com/tokyo-line-media/seoul-line-photos/c%2Bd%25e.png",
+    # the key's own percent-encoding is kept ('+' as written, a literal plus in a path)
+    3: "https://s3.ap-northeast-1.amazonaws.com/tokyo-line-media/seoul-line-photos/c+d%25e.png",
 }
 EXPECTED_PROFILES = dict(PROFILES) | {
     "alice": "https://tokyo-line-media.s3.ap-northeast-1.amazonaws.com/seoul-line-video/v.mp4?X-Cache=1&y=2",

@@ -30,6 +30,7 @@ class AppColumn:
 
     spec: ReferenceColumn
     table: sa.Table
+    dialect: str = ""
 
     @property
     def label(self) -> str:
@@ -53,13 +54,36 @@ class AppColumn:
             return int(value)
         return value
 
+    @property
+    def is_json(self) -> bool:
+        return isinstance(self.url.type, sa.JSON)
+
+    @property
+    def value(self) -> Any:
+        """The cell as text: a JSON column is read as its text, never as a Python
+        object, so that a rewrite changes only the URLs in it."""
+        return sa.cast(self.url, sa.Text) if self.is_json else self.url
+
     def cas(self) -> sa.Update:
-        """``UPDATE t SET col = :new WHERE key = :k AND col = :expected``."""
+        """``UPDATE t SET col = :new WHERE key = :k AND col = :expected`` (JSON
+        columns compared and written as text; jsonb compared as jsonb, whose text
+        form PostgreSQL normalises)."""
+        expected = sa.bindparam("residency__expected", type_=sa.Text)
+        value: Any = sa.bindparam("residency__value", type_=sa.Text)
+        if not self.is_json:
+            same = self.url == sa.bindparam("residency__expected")
+            value = sa.bindparam("residency__value")
+        elif self.dialect == "postgresql" and self.url.type.__class__.__name__ == "JSONB":
+            same = self.url == sa.cast(expected, self.url.type)
+        else:
+            same = self.value == expected
+        if self.is_json and self.dialect == "postgresql":
+            value = sa.cast(value, self.url.type)
         return (
             self.table.update()
             .where(self.key == sa.bindparam("residency__key"))
-            .where(self.url == sa.bindparam("residency__expected"))
-            .values({self.spec.column: sa.bindparam("residency__value")})
+            .where(same)
+            .values({self.spec.column: value})
         )
 
 
@@ -106,7 +130,7 @@ def resolve(app: Engine, spec: ReferenceColumn, field_prefix: str) -> AppColumn:
             raise PolicyError(
                 f"{field_prefix}.{name}", value, f"table {spec.table!r} has no such column; it has {sorted(table.c.keys())}"
             )
-    return AppColumn(spec, table)
+    return AppColumn(spec, table, app.dialect.name)
 
 
 def check_columns(app: Engine, refs: References) -> list[str]:
@@ -160,7 +184,7 @@ def pages(app: Engine, column: AppColumn, size: int) -> Iterator[Sequence[Any]]:
     """Pages of ``(key, value)`` in key order, by keyset pagination."""
     last: Any = None
     while True:
-        query = sa.select(column.key, column.url).where(column.key.is_not(None)).order_by(column.key).limit(size)
+        query = sa.select(column.key, column.value).where(column.key.is_not(None)).order_by(column.key).limit(size)
         if last is not None:
             query = query.where(column.key > last)
         with app.connect() as conn:
@@ -186,7 +210,7 @@ def current_cells(app: Engine, column: AppColumn, key_values: list[str]) -> dict
     out: dict[str, Any] = {}
     with app.connect() as conn:
         for i in range(0, len(keys), 500):
-            for key, url in conn.execute(sa.select(column.key, column.url).where(column.key.in_(keys[i : i + 500]))):
+            for key, url in conn.execute(sa.select(column.key, column.value).where(column.key.in_(keys[i : i + 500]))):
                 out[str(key)] = url
     return out
 

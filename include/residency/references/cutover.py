@@ -1,13 +1,18 @@
 """Cut over the application's references: rewrite URLs of proven copies, journaled.
 
-:func:`cutover` rewrites each URL cell (columns of kind ``url``) whose object the
-ledger shows verified, and re-proven by this run's recheck when
-``attested_since`` is given, to the same style pointing at the domestic copy:
-scheme, addressing, host family (dualstack stays dualstack) and query string are
-kept, minus a ``versionId`` / ``generation`` that named the migrated source
-version. Everything else stays and is counted as residual with a reason (see
-:mod:`.model`). Text and JSON columns are not rewritten by this version; the
-residual scan reports their URLs.
+:func:`cutover` rewrites each URL whose object the ledger shows verified, and
+re-proven by this run's recheck when ``attested_since`` is given, to the same
+style pointing at the domestic copy: scheme, addressing, host family (dualstack
+stays dualstack) and query string are kept, minus a ``versionId`` /
+``generation`` that named the migrated source version. Everything else stays and
+is counted as residual with a reason (see :mod:`.model`).
+
+A URL is rewritten in place, wherever it is in the cell (:mod:`.cells`): a URL
+cell, text with URLs in it, or a JSON document (strings at any depth, or at the
+column's ``paths``). Everything around a URL stays byte-identical; in JSON the
+new URL is escaped as the old one was. Cells are read in pages of
+``references.batch_size`` and every query touches only the page's rows through
+an index, so the cost is linear in the number of cells and memory is bounded.
 
 A cell the migration already cut over is *repointed* when the destination plan
 changed since (the ledger names another destination for its object), and left
@@ -21,13 +26,15 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote, unquote
 
 from sqlalchemy.engine import Engine
 
 from ..ledger import CUT_OVER, VERIFIED, Ledger
 from ..policy import HostMapping, Policy
-from ..uris import CdnHost, ObjectRef, ParsedUrl, UrlStyle, drop_query_params, format_url, parse_uri, parse_url, redact_url
+from ..uris import CdnHost, ObjectRef, ParsedUrl, UrlStyle, drop_query_params, format_url, parse_uri, redact_url
 from . import appdb, journal
+from . import cells as cells_mod
 from .model import (
     APPLIED, CONFLICTED, NO_DOMESTIC_HOST, PENDING, NOT_ATTESTED, NOT_IN_SCOPE, NOT_VERIFIED, OTHER_VERSION, PRESIGNED,
     UNPROVEN_COPY, CutoverResult,
@@ -45,6 +52,15 @@ _S3_ENDPOINT = {
     "accelerate": "", "accelerate-dualstack": "dualstack", "fips": "regional", "fips-dualstack": "dualstack",
     "website-dash": "website-dot", "website-dot": "website-dot",
 }
+#: Regions whose buckets answer virtual-hosted requests on the legacy global host
+#: ``BUCKET.s3.amazonaws.com`` (launched before 20 March 2019, AWS S3 User Guide,
+#: "Legacy global endpoint"); a path-style request there is redirected, so only the
+#: virtual-hosted style keeps the global host, and only for these regions.
+_GLOBAL_HOST_REGIONS = frozenset({
+    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "sa-east-1", "eu-west-1", "eu-west-2",
+    "eu-west-3", "eu-central-1", "eu-north-1", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1",
+    "ap-southeast-1", "ap-southeast-2",
+})
 _GS_ENDPOINT = {"storage": "", "commondatastorage": "commondatastorage", "cloud-console": "cloud-console",
                 "api-download": "api-download", "api": "api", "www-api-download": "www-api-download",
                 "www-api": "www-api"}
@@ -89,22 +105,51 @@ def cdn_hosts(policy: Policy) -> list[CdnHost]:
 def new_url(
     parsed: ParsedUrl, dst: ObjectRef, region: str | None, mappings: Mapping[str, HostMapping]
 ) -> str | None:
-    """The URL of ``dst`` in the style of ``parsed``; ``None`` when a CDN has no domestic host."""
+    """The URL of ``dst`` in the style of ``parsed``; ``None`` when a CDN has no domestic host.
+
+    Kept from ``parsed``: the style and host family where the destination has it,
+    the scheme as written, the query string (minus ``versionId`` / ``generation``,
+    which named the source's version), the fragment, and the source key's own
+    percent-encoding where the destination key ends with the source key.
+    """
     query = drop_query_params(parsed.query, ("versionId", "generation"))
     if parsed.style is UrlStyle.CDN:
         mapping = mappings.get(parsed.host)
         if mapping is None or not mapping.to_host:
             return None
         cdn = CdnHost(mapping.to_host, dst.provider, dst.bucket, mapping.to_path_prefix)
-        return format_url(dst, UrlStyle.CDN, query=query, scheme=parsed.scheme or None, fragment=parsed.fragment, cdn=cdn)
+        url = format_url(dst, UrlStyle.CDN, query=query, scheme=parsed.scheme or None, fragment=parsed.fragment, cdn=cdn)
+        return _keep_encoding(url, parsed, dst)
     same = parsed.ref.provider == dst.provider
     table = _S3_ENDPOINT if dst.provider == "s3" else _GS_ENDPOINT
     endpoint = table.get(parsed.endpoint, "") if same else ""
+    if same and parsed.endpoint == "global" and parsed.style is UrlStyle.S3_VIRTUAL and region in _GLOBAL_HOST_REGIONS:
+        endpoint = "global"
     scheme = parsed.scheme if parsed.scheme and (same or parsed.scheme.lower() in ("http", "https")) else None
     try:
-        return format_url(dst, parsed.style, region, query, endpoint=endpoint, scheme=scheme, fragment=parsed.fragment)
+        url = format_url(dst, parsed.style, region, query, endpoint=endpoint, scheme=scheme, fragment=parsed.fragment)
     except ValueError:  # a host family the destination's style cannot have
-        return format_url(dst, parsed.style, region, query, scheme=scheme, fragment=parsed.fragment)
+        url = format_url(dst, parsed.style, region, query, scheme=scheme, fragment=parsed.fragment)
+    return _keep_encoding(url, parsed, dst)
+
+
+def _keep_encoding(url: str, parsed: ParsedUrl, dst: ObjectRef) -> str:
+    """``url`` with the source key written as the old URL wrote it (``%7E`` or ``~``,
+    raw UTF-8 or escapes), where that is the same key and ``url`` ends with it."""
+    raw, key = parsed.raw_key, parsed.ref.key
+    if not raw or not dst.key.endswith(key) or "://" not in url:
+        return url
+    cut = min((i for i in (url.find("?", url.index("://") + 3), url.find("#")) if i >= 0), default=len(url))
+    head, tail = url[:cut], url[cut:]
+    if parsed.style in (UrlStyle.S3_URI, UrlStyle.GS_URI):
+        return url  # keys are verbatim in URIs
+    if unquote(raw) != key:
+        return url
+    for safe in ("/~", "~", ""):
+        written = quote(key, safe=safe)
+        if written and head.endswith(written):
+            return head[: -len(written)] + raw + tail
+    return url
 
 
 def cutover(
@@ -158,21 +203,17 @@ def cutover(
     app = appdb.app_engine(url)
     try:
         columns = appdb.resolve_columns(app, refs)
-        url_columns = [c for c in columns if c.spec.kind == "url"]
-        skipped = [c.label for c in columns if c.spec.kind != "url"]
         log.info(
             "%s cutover of references in %s: %d column(s) %s, batch size %d%s",
-            "DRY RUN:" if dry_run else "starting", appdb.safe_url(url), len(url_columns),
-            ", ".join(c.label for c in url_columns), refs.batch_size, " (nothing will be written)" if dry_run else "",
+            "DRY RUN:" if dry_run else "starting", appdb.safe_url(url), len(columns),
+            ", ".join(f"{c.label} ({c.spec.kind})" for c in columns), refs.batch_size,
+            " (nothing will be written)" if dry_run else "",
         )
-        if skipped:
-            log.warning("cutover: columns %s hold text or JSON: not rewritten by this version; the residual scan "
-                        "reports every overseas URL in them", ", ".join(skipped))
         batch_no = journal.last_batch(ledger, migration_id)
         batches = 0
         total = _Counts()
         per_column: dict[str, dict[str, int]] = {}
-        for column in url_columns:
+        for column in columns:
             col_counts = _Counts()
             for rows in appdb.pages(app, column, refs.batch_size):
                 batch_no += 1
@@ -181,12 +222,12 @@ def cutover(
             per_column[column.label] = col_counts.as_dict()
             total.add(col_counts)
 
-        demoted = 0 if dry_run else journal.demote_conflicted(ledger, migration_id)
+        demoted = 0 if dry_run else journal.demote_conflicted(ledger, migration_id, page.conflicted)
         result = CutoverResult(
             scanned=total.scanned, rewritten=total.rewritten, already_rewritten=total.already_rewritten,
             residual=total.residual, residual_by_reason=dict(sorted(total.reasons.items())),
             per_column=per_column, batches=batches, dry_run=dry_run,
-            conflicts=total.conflicts, ignored=total.ignored, repointed=total.repointed, skipped_columns=skipped,
+            conflicts=total.conflicts, ignored=total.ignored, repointed=total.repointed,
         )
         log.info(
             "%scutover done: %d reference(s) scanned, %d %s (%d repointed), %d already rewritten, %d residual %s, "
@@ -205,6 +246,19 @@ def cutover(
         app.dispose()
 
 
+@dataclass(frozen=True)
+class _Cell:
+    """One cell with object URLs: ``base`` is what they are read from (the original
+    when ``ours``, the journal row of a cell the migration rewrote, is set)."""
+
+    key: Any
+    value: str
+    base: str
+    spots: list[cells_mod.Spot]
+    ours: Mapping[str, Any] | None
+    entry: Mapping[str, Any] | None
+
+
 @dataclass
 class _Page:
     """Cuts over one page of one column (the steps of the write-ahead journal)."""
@@ -217,6 +271,7 @@ class _Page:
     region_of: Callable[[ObjectRef], str | None]
     attested_since: str | None
     dry_run: bool
+    conflicted: set[str] = field(default_factory=set)  # objects of cells found in conflict in this run
 
     def proven(self, obj: Mapping[str, Any] | None) -> str | None:
         """Why ``obj`` may not be pointed at, or ``None`` when it may."""
@@ -235,74 +290,82 @@ class _Page:
     def run(self, app: Engine, column: appdb.AppColumn, rows: Sequence[Any], batch_no: int) -> _Counts:
         counts = _Counts()
         mid = self.migration_id
+        kind, paths = column.spec.kind, column.spec.paths
         journaled = journal.journal_rows(self.ledger, mid, column, [str(k) for k, _ in rows])
-        already: list[Mapping[str, Any]] = []
-        rewrites: list[journal.Rewrite] = []
-        candidates: list[tuple[Any, str, ParsedUrl]] = []
-        repoints: list[tuple[Any, str, Mapping[str, Any]]] = []
-        for key, value in rows:
-            entry = journaled.get(str(key))
-            if entry is not None and isinstance(value, str) and value == entry["new_url"] and entry["state"] in (
-                APPLIED, PENDING, CONFLICTED
-            ):
-                repoints.append((key, value, entry))
-                continue
-            parsed = parse_url(value, self.hosts) if isinstance(value, str) else None
-            if parsed is None or parsed.ref.bucket_uri not in self.sources:
+        # Each cell is read from its original (the journal's, when the migration already
+        # rewrote it and it still holds what was written), so a re-run recomputes the
+        # same text, or a repointed one after the plan changed.
+        cells: list[_Cell] = []
+        for key, raw in rows:
+            value = cells_mod.as_text(raw)
+            if value is None:
                 counts.ignored += 1
                 continue
-            candidates.append((key, value, parsed))
-
-        wanted = [p.ref.uri for _, _, p in candidates] + [e["src_uri"] for _, _, e in repoints]
-        found = self.ledger.get_objects(mid, wanted) if wanted else {}
-
-        # Cells already cut over: still right, repointed after a plan change, or unproven now.
-        for key, value, entry in repoints:
-            obj = found.get(entry["src_uri"])
-            original = parse_url(entry["old_url"], self.hosts)
-            why = self.proven(obj)
-            target = self.target(original, obj) if why is None and original is not None else None
-            if target == value:
-                already.append(entry)
-            elif target is not None:
-                rewrites.append(journal.Rewrite(key, str(key), value, target, entry["src_uri"], entry["id"],
-                                                entry["old_url"]))
-                counts.repointed += 1
-            else:
-                self._residual(counts, column, key, value, UNPROVEN_COPY)
-
-        for key, value, parsed in candidates:
-            obj = found.get(parsed.ref.uri)
-            if parsed.presigned:
-                reason: str | None = PRESIGNED
-            elif obj is not None and parsed.version and parsed.version != (obj.get("src_version") or ""):
-                reason = OTHER_VERSION
-            else:
-                reason = self.proven(obj)
-            target = None
-            if reason is None:
-                target = self.target(parsed, obj)
-                reason = NO_DOMESTIC_HOST if target is None else None
-            if reason is not None:
-                self._residual(counts, column, key, value, reason)
-                continue
             entry = journaled.get(str(key))
-            rewrites.append(journal.Rewrite(key, str(key), value, target, parsed.ref.uri,
-                                            entry["id"] if entry else None, value))
+            ours = entry is not None and value == entry["new_url"] and entry["state"] in (APPLIED, PENDING, CONFLICTED)
+            base = entry["old_url"] if ours else value
+            spots = [s for s in cells_mod.locate(base, kind, self.hosts, paths) if s.parsed.ref.bucket_uri in self.sources]
+            if not spots:
+                counts.ignored += 1
+                continue
+            cells.append(_Cell(key, value, base, spots, entry if ours else None, entry))
+        found = self.ledger.get_objects(mid, sorted({s.parsed.ref.uri for c in cells for s in c.spots}))
+        written_before = journal.linked_objects(self.ledger, [c.ours["id"] for c in cells if c.ours])
 
-        counts.scanned = len(repoints) + len(candidates)
-        counts.already_rewritten = len(already)
+        rewrites: list[journal.Rewrite] = []
+        changed: dict[str, tuple[int, bool]] = {}  # key -> (URLs changed, a repoint of a cell already ours)
+        touched: set[str] = set()
+        reconciled: list[int] = []
+        for cell in cells:
+            changes: list[tuple[cells_mod.Spot, str]] = []
+            reasons: list[tuple[cells_mod.Spot, str]] = []
+            for spot in cell.spots:
+                obj = found.get(spot.parsed.ref.uri)
+                reason, target = self.decide(spot.parsed, obj)
+                if target is None:
+                    reasons.append((spot, reason))
+                else:
+                    changes.append((spot, target))
+            new = cells_mod.rewrite(cell.base, changes)
+            objs = tuple(dict.fromkeys(s.parsed.ref.uri for s, _ in changes))
+            counts.scanned += len(cell.spots)
+            if cell.ours is not None:
+                before = written_before.get(cell.ours["id"], set())
+                lost = [s for s, _ in reasons if s.parsed.ref.uri in before]
+                if new == cell.value:
+                    counts.already_rewritten += len(changes)
+                    touched.update(objs)
+                    if cell.ours["state"] != APPLIED:
+                        reconciled.append(cell.ours["id"])
+                    self._residuals(counts, column, cell.key, reasons)
+                    continue
+                if lost:
+                    # A copy this cell points at is no longer proven: leave the cell alone,
+                    # never move a reference back overseas on our own.
+                    counts.already_rewritten += len(changes)
+                    self._residuals(counts, column, cell.key, [(s, UNPROVEN_COPY) if s in lost else (s, r)
+                                                                for s, r in reasons])
+                    continue
+            elif not changes:
+                self._residuals(counts, column, cell.key, reasons)
+                continue
+            self._residuals(counts, column, cell.key, reasons)
+            entry = cell.ours or cell.entry
+            rewrites.append(journal.Rewrite(cell.key, str(cell.key), cell.value, new, objs,
+                                            entry["id"] if entry else None, cell.base))
+            changed[str(cell.key)] = (len(changes), cell.ours is not None)
 
         if self.dry_run:
             for r in rewrites:
                 log.info("would rewrite %s %s=%s: %s -> %s", column.label, column.spec.key, r.key_value,
-                         redact_url(r.old), redact_url(r.new))
-            counts.rewritten = len(rewrites)
+                         cells_mod.shown(r.old), cells_mod.shown(r.new))
+                counts.rewritten += changed[r.key_value][0]
+                counts.repointed += changed[r.key_value][0] if changed[r.key_value][1] else 0
             _log_batch(column, batch_no, counts, self.dry_run)
             return counts
 
+        ids = journal.journal_pending(self.ledger, mid, column, rewrites, batch_no) if rewrites else {}
         if rewrites:
-            journal.journal_pending(self.ledger, mid, column, rewrites, batch_no)
             with app.begin() as conn:
                 outcomes = [(r, appdb.cas(conn, column, r.key, r.old, r.new)) for r in rewrites]
         else:
@@ -310,30 +373,30 @@ class _Page:
 
         applied_ids: list[int] = []
         conflict_ids: list[int] = []
-        touched: set[str] = {e["src_uri"] for e in already}
-        ids = journal.journal_ids(self.ledger, mid, column, [r.key_value for r in rewrites]) if rewrites else {}
         for r, ok in outcomes:
+            n, repoint = changed[r.key_value]
             if ok:
                 applied_ids.append(ids[r.key_value])
-                touched.add(r.src_uri)
-                counts.rewritten += 1
+                touched.update(r.src_uris)
+                counts.rewritten += n
+                counts.repointed += n if repoint else 0
                 log.info("cutover %s %s=%s: %s -> %s", column.label, column.spec.key, r.key_value,
-                         redact_url(r.old), redact_url(r.new))
+                         cells_mod.shown(r.old), cells_mod.shown(r.new))
             else:
                 conflict_ids.append(ids[r.key_value])
-                counts.conflicts += 1
+                self.conflicted.update(r.src_uris)
+                counts.conflicts += n
                 log.warning(
                     "conflict %s %s=%s: the application changed the cell since it was read; not overwritten "
-                    "(expected %s)", column.label, column.spec.key, r.key_value, redact_url(r.old),
+                    "(expected %s)", column.label, column.spec.key, r.key_value, cells_mod.shown(r.old),
                 )
-        reconciled = [e["id"] for e in already if e["state"] != APPLIED]
         with self.ledger.engine.begin() as lconn:
             journal.set_journal_state(lconn, applied_ids + reconciled, APPLIED)
             journal.set_journal_state(lconn, conflict_ids, CONFLICTED)
             marked = journal.mark_cut_over(lconn, mid, touched)
             self.ledger.audit(
                 mid, "cutover.batch",
-                dict(counts.as_dict(), table=column.spec.table, column=column.spec.column, batch=batch_no,
+                dict(counts.as_dict(), table=column.spec.table, column=column.spec.column, kind=kind, batch=batch_no,
                      reconciled_pending=len(reconciled), objects_cut_over=marked),
                 conn=lconn,
             )
@@ -342,6 +405,23 @@ class _Page:
                      batch_no, len(reconciled))
         _log_batch(column, batch_no, counts, self.dry_run)
         return counts
+
+    def decide(self, parsed: ParsedUrl, obj: Mapping[str, Any] | None) -> tuple[str, str | None]:
+        """``(reason, None)`` when this URL stays, ``("", new URL)`` when it is rewritten."""
+        if parsed.presigned:
+            return PRESIGNED, None
+        if obj is not None and parsed.version and parsed.version != (obj.get("src_version") or ""):
+            return OTHER_VERSION, None
+        reason = self.proven(obj)
+        if reason is not None:
+            return reason, None
+        target = self.target(parsed, obj)
+        return (NO_DOMESTIC_HOST, None) if target is None else ("", target)
+
+    def _residuals(self, counts: _Counts, column: appdb.AppColumn, key: Any,
+                   reasons: Sequence[tuple[cells_mod.Spot, str]]) -> None:
+        for spot, reason in reasons:
+            self._residual(counts, column, key, spot.url, reason)
 
     @staticmethod
     def _residual(counts: _Counts, column: appdb.AppColumn, key: Any, value: str, reason: str) -> None:

@@ -11,7 +11,12 @@ Per page of ``references.batch_size`` rows:
 
 A journal row's ``old_url`` is always what the cell held *before the first
 cutover* (so a rollback restores the application's own value even after the
-cell was repointed to another domestic copy), ``new_url`` what it holds now.
+cell was repointed to another domestic copy), ``new_url`` what it holds now: the
+whole cell, for text and JSON cells too. ``residency_reference_objects`` lists the
+objects whose URLs the cutover wrote into each cell (``src_uri`` is the first).
+
+Every query here touches the rows of one page, through an index: the cost of a
+cutover is linear in the number of cells.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .model import APPLIED, CONFLICTED, PENDING
 
 _journal = ledger_mod.journal
 _objects = ledger_mod.objects
+_links = ledger_mod.journal_objects
+CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class Rewrite:
     key_value: str  # as the journal stores it
     old: str
     new: str
-    src_uri: str
+    src_uris: tuple[str, ...]  # the objects whose URLs ``new`` holds in place of the original's
     journal_id: int | None  # existing journal row of this cell, from an earlier run
     original: str
 
@@ -80,20 +87,17 @@ def journal_rows(
     return out
 
 
-def journal_ids(ledger: Ledger, migration_id: str, column: AppColumn, key_values: list[str]) -> dict[str, int]:
-    return {k: r["id"] for k, r in journal_rows(ledger, migration_id, column, key_values).items()}
-
-
 def journal_pending(
     ledger: Ledger, migration_id: str, column: AppColumn, rewrites: list[Rewrite], batch_no: int
-) -> None:
-    """Step 1 of the write-ahead: the planned rewrites, committed before the application changes."""
+) -> dict[str, int]:
+    """Step 1 of the write-ahead: the planned rewrites (and their objects), committed
+    before the application changes. Returns the journal id of each cell by key."""
     stamp = ledger_mod.now()
     inserts = [
         {
             "migration_id": migration_id, "table_name": column.spec.table, "key_column": column.spec.key,
             "key_value": r.key_value, "url_column": column.spec.column, "old_url": r.original, "new_url": r.new,
-            "src_uri": r.src_uri, "state": PENDING, "batch": batch_no, "updated_at": stamp,
+            "src_uri": r.src_uris[0], "state": PENDING, "batch": batch_no, "updated_at": stamp,
         }
         for r in rewrites
         if r.journal_id is None
@@ -102,7 +106,7 @@ def journal_pending(
     # earlier run gets its row rewritten rather than a second one.
     updates = [
         {
-            "j_id": r.journal_id, "j_old": r.original, "j_new": r.new, "j_src": r.src_uri,
+            "j_id": r.journal_id, "j_old": r.original, "j_new": r.new, "j_src": r.src_uris[0],
             "j_key_column": column.spec.key, "j_batch": batch_no, "j_at": stamp,
         }
         for r in rewrites
@@ -122,6 +126,51 @@ def journal_pending(
                 ),
                 updates,
             )
+        ids = {r.key_value: r.journal_id for r in rewrites if r.journal_id is not None}
+        if inserts:
+            ids.update(_ids(conn, migration_id, column, [r["key_value"] for r in inserts]))
+        for i in range(0, len(updates), CHUNK):
+            conn.execute(_links.delete().where(_links.c.journal_id.in_([u["j_id"] for u in updates[i : i + CHUNK]])))
+        links = [{"journal_id": ids[r.key_value], "migration_id": migration_id, "src_uri": uri}
+                 for r in rewrites for uri in r.src_uris]
+        if links:
+            conn.execute(_links.insert(), links)
+    return ids
+
+
+def _ids(conn: Connection, migration_id: str, column: AppColumn, key_values: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(key_values), CHUNK):
+        query = journal_where(sa.select(_journal.c.key_value, _journal.c.id), migration_id, column).where(
+            _journal.c.key_value.in_(key_values[i : i + CHUNK])
+        )
+        out.update({k: j for k, j in conn.execute(query)})
+    return out
+
+
+def linked_objects(ledger: Ledger, journal_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The objects the cutover wrote into each of these journaled cells."""
+    out: dict[int, set[str]] = {}
+    with ledger.engine.connect() as conn:
+        for i in range(0, len(journal_ids), CHUNK):
+            query = sa.select(_links.c.journal_id, _links.c.src_uri).where(
+                _links.c.journal_id.in_(list(journal_ids[i : i + CHUNK]))
+            )
+            for jid, uri in conn.execute(query):
+                out.setdefault(jid, set()).add(uri)
+    return out
+
+
+def _with_state(conn: Connection, migration_id: str, uris: list[str], state: str) -> set[str]:
+    """Of ``uris``, the objects with a journaled cell in ``state`` (index lookups)."""
+    query = (
+        sa.select(_links.c.src_uri).distinct()
+        .join(_journal, _journal.c.id == _links.c.journal_id)
+        .where(_links.c.migration_id == migration_id)
+        .where(_links.c.src_uri.in_(uris))
+        .where(_journal.c.state == state)
+    )
+    return set(conn.execute(query).scalars())
 
 
 def set_journal_state(conn: Connection, ids: list[int], state: str) -> None:
@@ -136,70 +185,52 @@ def mark_cut_over(conn: Connection, migration_id: str, src_uris: set[str]) -> in
     """``verified -> cut_over`` for objects rewritten at least once and with no reference in conflict."""
     marked = 0
     uris = sorted(src_uris)
-    for i in range(0, len(uris), 500):
-        chunk = uris[i : i + 500]
-        conflicted = (
-            sa.select(_journal.c.src_uri)
-            .where(_journal.c.migration_id == migration_id)
-            .where(_journal.c.state == CONFLICTED)
-            .where(_journal.c.src_uri.in_(chunk))
-        )
-        result = conn.execute(
-            _objects.update()
-            .where(_objects.c.migration_id == migration_id)
-            .where(_objects.c.state == VERIFIED)
-            .where(_objects.c.src_uri.in_(chunk))
-            .where(_objects.c.src_uri.not_in(conflicted))
-            .values(state=CUT_OVER, updated_at=ledger_mod.now())
-        )
-        marked += result.rowcount
+    for i in range(0, len(uris), CHUNK):
+        chunk = uris[i : i + CHUNK]
+        clean = sorted(set(chunk) - _with_state(conn, migration_id, chunk, CONFLICTED))
+        if clean:
+            marked += _set_object_state(conn, migration_id, clean, VERIFIED, CUT_OVER)
     return marked
 
 
-def demote_conflicted(ledger: Ledger, migration_id: str) -> int:
-    """``cut_over -> verified`` for objects with a reference in conflict (seen in a later page)."""
-    conflicted = (
-        sa.select(_journal.c.src_uri)
-        .where(_journal.c.migration_id == migration_id)
-        .where(_journal.c.state == CONFLICTED)
-    )
+def demote_conflicted(ledger: Ledger, migration_id: str, src_uris: set[str]) -> int:
+    """``cut_over -> verified`` for these objects (a reference of each is in conflict,
+    perhaps seen in a page after the one that marked the object)."""
+    demoted = 0
+    uris = sorted(src_uris)
     with ledger.engine.begin() as conn:
-        return conn.execute(
-            _objects.update()
-            .where(_objects.c.migration_id == migration_id)
-            .where(_objects.c.state == CUT_OVER)
-            .where(_objects.c.src_uri.in_(conflicted))
-            .values(state=VERIFIED, updated_at=ledger_mod.now())
-        ).rowcount
+        for i in range(0, len(uris), CHUNK):
+            demoted += _set_object_state(conn, migration_id, uris[i : i + CHUNK], CUT_OVER, VERIFIED)
+    return demoted
 
 
 def revert_objects(conn: Connection, migration_id: str, src_uris: set[str]) -> int:
     """``cut_over -> verified`` for objects with no applied reference left."""
     reverted = 0
     uris = sorted(src_uris)
-    for i in range(0, len(uris), 500):
-        chunk = uris[i : i + 500]
-        still_applied = (
-            sa.select(_journal.c.src_uri)
-            .where(_journal.c.migration_id == migration_id)
-            .where(_journal.c.state == APPLIED)
-            .where(_journal.c.src_uri.in_(chunk))
-        )
-        reverted += conn.execute(
-            _objects.update()
-            .where(_objects.c.migration_id == migration_id)
-            .where(_objects.c.state == CUT_OVER)
-            .where(_objects.c.src_uri.in_(chunk))
-            .where(_objects.c.src_uri.not_in(still_applied))
-            .values(state=VERIFIED, updated_at=ledger_mod.now())
-        ).rowcount
+    for i in range(0, len(uris), CHUNK):
+        chunk = uris[i : i + CHUNK]
+        gone = sorted(set(chunk) - _with_state(conn, migration_id, chunk, APPLIED))
+        if gone:
+            reverted += _set_object_state(conn, migration_id, gone, CUT_OVER, VERIFIED)
     return reverted
 
 
+def _set_object_state(conn: Connection, migration_id: str, uris: list[str], old: str, new: str) -> int:
+    return conn.execute(
+        _objects.update()
+        .where(_objects.c.migration_id == migration_id)
+        .where(_objects.c.state == old)
+        .where(_objects.c.src_uri.in_(uris))
+        .values(state=new, updated_at=ledger_mod.now())
+    ).rowcount
+
+
 def journal_pages(
-    ledger: Ledger, migration_id: str, states: Sequence[str], size: int
+    ledger: Ledger, migration_id: str, states: Sequence[str], size: int, *, table: str | None = None
 ) -> Iterator[list[dict[str, Any]]]:
-    """Journal rows in ``id`` order, keyset-paginated (states may change while iterating)."""
+    """Journal rows in ``id`` order, keyset-paginated (states may change while iterating);
+    ``table``: only the cells of that application table."""
     last = 0
     while True:
         query = (
@@ -207,6 +238,7 @@ def journal_pages(
             .where(_journal.c.migration_id == migration_id)
             .where(_journal.c.state.in_(list(states)))
             .where(_journal.c.id > last)
+            .where(_journal.c.table_name == table if table else sa.true())
             .order_by(_journal.c.id)
             .limit(size)
         )

@@ -18,8 +18,8 @@ ROLLED_BACK = "rolled_back"
 """The cutover of this cell was rolled back."""
 NOT_REWRITTEN = "not_rewritten"
 """The object is verified but the cell still points overseas (cutover did not run
-since, the application wrote the old URL back, or the column is text or JSON,
-which this version scans but does not rewrite)."""
+since, the application wrote the old URL back, or the URL is outside the JSON
+paths the policy names)."""
 PRESIGNED = "presigned"
 """A presigned URL: it carries a signature for the overseas object and expires;
 rewriting it would make a URL that cannot work."""
@@ -67,11 +67,11 @@ class CutoverResult:
     residual or conflicts: ``scanned == rewritten + already_rewritten + residual
     + conflicts``. ``ignored`` counts cells that name no object of a source
     bucket (NULL, other hosts, other buckets); they are not references.
-    ``repointed`` (part of ``rewritten``) counts cells moved from one domestic
-    copy to another after the destination plan changed. In a dry run
+    ``repointed`` (part of ``rewritten``) counts references moved from one
+    domestic copy to another after the destination plan changed. In a dry run
     ``rewritten`` counts what would be rewritten and ``conflicts`` is 0.
-    ``skipped_columns`` are text and JSON columns, scanned by the residual scan
-    but not rewritten by this version.
+    Counts are of references (a text cell may hold several), ``ignored`` of cells.
+    ``skipped_columns`` is kept for readers of older results: always empty now.
     """
 
     scanned: int
@@ -96,6 +96,7 @@ class RollbackResult:
     skipped_changed: int
     dry_run: bool
     not_applied: int = 0
+    table: str | None = None
 
 
 @dataclass(frozen=True)

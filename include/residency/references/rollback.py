@@ -1,4 +1,9 @@
-"""Roll a cutover back: put the application's own URLs back, by compare-and-swap."""
+"""Roll a cutover back: put the application's own values back, by compare-and-swap.
+
+The journal keeps each cell's whole value before the first cutover (a URL, or
+the text or JSON document around the URLs), so a rollback restores the cell
+byte for byte.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,16 @@ from typing import Any, Mapping
 
 from ..ledger import Ledger
 from ..policy import Policy, ReferenceColumn
-from ..uris import redact_url
 from . import appdb, journal
+from .cells import shown
 from .model import APPLIED, PENDING, ROLLED_BACK_STATE, RollbackResult
 
 log = logging.getLogger(__name__)
 
 
 def rollback(
-    policy: Policy, ledger: Ledger, *, dry_run: bool = False, database_url: str | None = None
+    policy: Policy, ledger: Ledger, *, dry_run: bool = False, database_url: str | None = None,
+    table: str | None = None,
 ) -> RollbackResult:
     """Put back the old URLs of every applied (or pending) journal row of the migration.
 
@@ -30,6 +36,7 @@ def rollback(
     reference left go back from ``cut_over`` to ``verified``.
 
     dry_run: reads the cells and reports what would be restored; writes nothing.
+    table: restore only the cells of this application table (default: every table).
 
     Raises:
         PolicyError: no ``references`` section, or a journaled table is gone.
@@ -42,16 +49,16 @@ def rollback(
     restored = skipped = not_applied = batches = 0
     try:
         log.info(
-            "%s rollback of cutover %s in %s", "DRY RUN:" if dry_run else "starting", migration_id,
-            appdb.safe_url(url),
+            "%s rollback of cutover %s in %s%s", "DRY RUN:" if dry_run else "starting", migration_id,
+            appdb.safe_url(url), f" (table {table} only)" if table else "",
         )
-        for page in journal.journal_pages(ledger, migration_id, (APPLIED, PENDING), refs.batch_size):
+        for page in journal.journal_pages(ledger, migration_id, (APPLIED, PENDING), refs.batch_size, table=table):
             batches += 1
             groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
             for row in page:
                 groups.setdefault((row["table_name"], row["key_column"], row["url_column"]), []).append(row)
             done_ids: list[int] = []
-            restored_uris: set[str] = set()
+            restored_ids: list[int] = []
             page_counts = Counter[str]()
             plans: list[tuple[appdb.AppColumn, list[Mapping[str, Any]]]] = []
             for ident, rows in groups.items():
@@ -71,8 +78,8 @@ def rollback(
                         page_counts["skipped_changed"] += 1
                         log.warning(
                             "rollback %s %s=%s skipped: cell changed since cutover (expected %s, found %s)",
-                            column.label, column.spec.key, row["key_value"], redact_url(row["new_url"]),
-                            "no row" if cell is appdb.MISSING else redact_url(str(cell)),
+                            column.label, column.spec.key, row["key_value"], shown(row["new_url"]),
+                            "no row" if cell is appdb.MISSING else shown(str(cell)),
                         )
                 plans.append((column, todo))
 
@@ -82,8 +89,8 @@ def rollback(
                         page_counts["restored"] += 1
                         log.info(
                             "would roll back %s %s=%s: %s -> %s",
-                            column.label, column.spec.key, row["key_value"], redact_url(row["new_url"]),
-                            redact_url(row["old_url"]),
+                            column.label, column.spec.key, row["key_value"], shown(row["new_url"]),
+                            shown(row["old_url"]),
                         )
             else:
                 with app.begin() as conn:
@@ -96,18 +103,19 @@ def rollback(
                     if ok:
                         page_counts["restored"] += 1
                         done_ids.append(row["id"])
-                        restored_uris.add(row["src_uri"])
+                        restored_ids.append(row["id"])
                         log.info(
                             "rollback %s %s=%s: %s -> %s",
-                            column.label, column.spec.key, row["key_value"], redact_url(row["new_url"]),
-                            redact_url(row["old_url"]),
+                            column.label, column.spec.key, row["key_value"], shown(row["new_url"]),
+                            shown(row["old_url"]),
                         )
                     else:
                         page_counts["skipped_changed"] += 1
                         log.warning(
                             "rollback %s %s=%s skipped: cell changed since cutover (expected %s)",
-                            column.label, column.spec.key, row["key_value"], redact_url(row["new_url"]),
+                            column.label, column.spec.key, row["key_value"], shown(row["new_url"]),
                         )
+                restored_uris = set().union(*journal.linked_objects(ledger, restored_ids).values())
                 with ledger.engine.begin() as lconn:
                     journal.set_journal_state(lconn, done_ids, ROLLED_BACK_STATE)
                     reverted = journal.revert_objects(lconn, migration_id, restored_uris)
@@ -126,7 +134,8 @@ def rollback(
                 batches, page_counts["restored"], "would be restored" if dry_run else "restored",
                 page_counts["skipped_changed"], page_counts["not_applied"],
             )
-        result = RollbackResult(restored=restored, skipped_changed=skipped, dry_run=dry_run, not_applied=not_applied)
+        result = RollbackResult(restored=restored, skipped_changed=skipped, dry_run=dry_run, not_applied=not_applied,
+                                table=table)
         log.info(
             "%srollback done: %d cell(s) %s, %d skipped because the application changed them, %d never applied",
             "DRY RUN: " if dry_run else "", restored, "would be restored" if dry_run else "restored",
