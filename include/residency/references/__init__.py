@@ -8,19 +8,22 @@ cell, free text, JSON). The modules:
   preflight checks (a key column must be unique and never NULL);
 - :mod:`.cells`: the URLs (and unexplained bucket mentions) in one cell of any kind;
 - :mod:`.journal`: the write-ahead journal in the ledger;
-- :mod:`.cutover`: rewrite URL cells of proven objects to their domestic copies;
+- :mod:`.cutover`: rewrite URLs of proven objects, in cells of any kind, to their domestic copies;
 - :mod:`.rollback`: put the application's own values back;
+- :mod:`.discover`: every text and JSON column of the database, for references the
+  policy's columns miss;
 - :mod:`.residual`: at evidence time, every reference that still points overseas
   (or at an unproven copy), with its reason; :mod:`.model` lists the reasons.
 """
 
 from .appdb import check_columns
 from .cutover import cutover
+from .discover import DiscoveredColumn, DiscoveryReport, discover
 from .model import REASON_WORDS, REASONS, CutoverResult, Finding, ResidualReport, RollbackResult
 from .residual import scan_residual
 from .rollback import rollback
 
 __all__ = [
     "REASONS", "REASON_WORDS", "CutoverResult", "Finding", "ResidualReport", "RollbackResult",
-    "check_columns", "cutover", "rollback", "scan_residual",
+    "DiscoveredColumn", "DiscoveryReport", "check_columns", "cutover", "discover", "rollback", "scan_residual",
 ]

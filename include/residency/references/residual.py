@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import asdict
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..ledger import CUT_OVER, VERIFIED, Ledger
 from ..policy import Policy
@@ -55,6 +55,23 @@ def domestic_hosts(policy: Policy) -> list[CdnHost]:
     return out
 
 
+def overseas_matcher(
+    policy: Policy, overseas_buckets: Iterable[str] | None
+) -> tuple[Callable[[ParsedUrl], bool], list[str]]:
+    """Whether a parsed URL names an overseas bucket, and the names worth a mention.
+
+    ``overseas_buckets``: bucket names (a name matches a bucket of either provider)
+    or bucket URIs; default: the policy's sources. The mention names are the bucket
+    names and the policy's CDN hostnames in front of source buckets.
+    """
+    names: set[str] = set()
+    uris: set[str] = set()
+    for item in overseas_buckets if overseas_buckets is not None else (s.bucket_uri for s in policy.sources):
+        (uris if "://" in item else names).add(item.rstrip("/"))
+    mention = sorted({u.split("://", 1)[1] for u in uris} | names | {h.host for h in cdn_hosts(policy)})
+    return (lambda p: p.ref.bucket in names or p.ref.bucket_uri in uris), mention
+
+
 def scan_residual(
     policy: Policy,
     ledger: Ledger,
@@ -80,18 +97,10 @@ def scan_residual(
     refs = appdb.require_references(policy)
     url = appdb.database_url(refs, database_url)
     mid = policy.migration_id
-    names: set[str] = set()
-    uris: set[str] = set()
-    for item in overseas_buckets if overseas_buckets is not None else (s.bucket_uri for s in policy.sources):
-        (uris if "://" in item else names).add(item.rstrip("/"))
-    source_hosts = cdn_hosts(policy)
-    hosts = source_hosts + domestic_hosts(policy)
-    mention_names = sorted({u.split("://", 1)[1] for u in uris} | names | {h.host for h in source_hosts})
+    overseas, mention_names = overseas_matcher(policy, overseas_buckets)
+    hosts = cdn_hosts(policy) + domestic_hosts(policy)
     destinations = {d.ref.bucket_uri for d in policy.destinations.values()}
     mappings = {h.host: h for h in refs.hosts}
-
-    def overseas(p: ParsedUrl) -> bool:
-        return p.ref.bucket in names or p.ref.bucket_uri in uris
 
     scan = _Scan(policy, attest_stamp)
     app = appdb.app_engine(url)
@@ -101,10 +110,7 @@ def scan_residual(
             for rows in appdb.pages(app, column, refs.batch_size):
                 stats["cells"] += len(rows)
                 cells = [(key, scan_cell(value, column.spec.kind, hosts, mention_names), value) for key, value in rows]
-                entries = (
-                    journal.journal_rows(ledger, mid, column, [str(k) for k, _, _ in cells])
-                    if column.spec.kind == "url" else {}
-                )
+                entries = journal.journal_rows(ledger, mid, column, [str(k) for k, _, _ in cells])
                 abroad = [p.ref.uri for _, c, _ in cells for _, p in c.urls if overseas(p)]
                 at_home = [p.ref.uri for _, c, _ in cells for _, p in c.urls if p.ref.bucket_uri in destinations]
                 by_src = ledger.get_objects(mid, abroad + [e["src_uri"] for e in entries.values()])
