@@ -13,10 +13,14 @@ all of it, and writes an evidence report for auditors.
 | `inventory` | lists sources page by page (a HEAD only where a name cannot decide), selects media, records each object and its shard in the ledger (and every object it could not read) |
 | `copy_to_s3`, `copy_to_gs` | one mapped instance per shard, in the pool `residency_s3` / `residency_gcs`: one create-only server-side copy per object whose response carries the proof, or streamed, resumable |
 | `verify_to_s3`, `verify_to_gs` | one mapped instance per shard: the destination listing shows the proven copy, or a checksum both sides truly have, or a read-back |
+| `catch_up` | lists the sources again: what the application wrote since the inventory is copied and verified, pass after pass while that delta shrinks (policy `cutover.catch_up_passes`) |
 | `recheck` | re-proves every verified object now (destination listing, source version); repairs what changed; runs even when nothing is in scope |
 | `propose_cutover` | what approving the cutover will do: objects re-proven per route, failures, references a dry run would rewrite |
 | `approve_cutover` | **waits for a human** (Required actions in the UI, or the REST API); the policy names who and how long |
-| `cutover` | rewrites references to re-proven objects only, journaled; refuses without this run's approval |
+| `freeze` | with policy `cutover.freeze`: a write-deny statement on each S3 source's bucket policy, proven by a refused probe write (GCS: recorded as not frozen, with why) |
+| `final_pass` | one more listing right before the cutover: late uploads are copied, verified and everything re-proven |
+| `cutover` | rewrites references (URL cells, URLs inside text and JSON) to re-proven objects only, journaled; refuses without this run's approval |
+| `unfreeze` | removes the freeze statements, whatever the cutover's outcome; before/after snapshots in the evidence |
 | `propose_revoke` | the access keys that would be revoked, probed read-only |
 | `approve_revoke` | **waits for a human**; rejecting stops the run with nothing revoked |
 | `revoke` | deactivates and deletes the foreign access keys; proves each with a denied probe |
@@ -125,6 +129,35 @@ def residency_migration():
         with fail_fast():
             return run(runtime(plan))
 
+    @task(trigger_rule="none_failed")
+    def catch_up(plan: dict) -> dict:
+        from residency.pipeline import catch_up as run
+
+        with fail_fast():
+            return run(runtime(plan))
+
+    @task
+    def freeze(plan: dict) -> dict:
+        from residency.pipeline import freeze_sources
+
+        with fail_fast():
+            return freeze_sources(runtime(plan))
+
+    @task
+    def final_pass(plan: dict) -> dict:
+        from residency.pipeline import final_pass as run
+
+        with fail_fast():
+            return run(runtime(plan))
+
+    # Runs whatever happened upstream: a freeze is never left in place.
+    @task(trigger_rule="all_done")
+    def unfreeze(plan: dict) -> dict:
+        from residency.pipeline import unfreeze_sources
+
+        with fail_fast():
+            return unfreeze_sources(runtime(plan))
+
     @task
     def propose_cutover(plan: dict) -> dict:
         from residency.pipeline import propose_cutover as run
@@ -183,20 +216,24 @@ def residency_migration():
 
     the_plan = plan()
     shards = inventory(the_plan, preflight(the_plan))
+    caught_up = catch_up(the_plan)
     rechecked = recheck(the_plan)
+    caught_up >> rechecked
     for provider, pool in POOLS.items():
         mine = shards_to.override(task_id=f"shards_to_{provider}")(shards, provider)
         copied = copy_shard.override(task_id=f"copy_to_{provider}", pool=pool).partial(plan=the_plan).expand(shard=mine)
         verified = verify_shard.override(task_id=f"verify_to_{provider}", pool=pool).partial(
             plan=the_plan).expand(shard=mine)
-        copied >> verified >> rechecked
-    shards >> rechecked
+        copied >> verified >> caught_up
+    shards >> caught_up
     cut_proposal = propose_cutover(the_plan)
     rechecked >> cut_proposal
     approve_cutover = PolicyApprovalOperator(task_id="approve_cutover", step="cutover",
                                              proposal_task_id="propose_cutover", retries=0)
     cut = cutover(the_plan)
-    cut_proposal >> approve_cutover >> cut
+    cut_proposal >> approve_cutover >> freeze(the_plan) >> final_pass(the_plan) >> cut
+    unfrozen = unfreeze(the_plan)
+    cut >> unfrozen
     revoke_proposal = propose_revoke(the_plan)
     cut >> revoke_proposal
     approve_revoke = PolicyApprovalOperator(task_id="approve_revoke", step="revoke",
@@ -205,6 +242,7 @@ def residency_migration():
     revoke_proposal >> approve_revoke >> revoked
     attested = attest(the_plan)
     revoked >> attested
+    unfrozen >> attested
     report = evidence(the_plan)
     attested >> report
     check_complete(report)

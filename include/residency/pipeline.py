@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from . import __version__, attest, evidence, inventory, references, revocation, s3inventory, transfer
+from . import __version__, attest, catchup, evidence, freeze, inventory, references, revocation, s3inventory, transfer
 from .clients import AwsCredentials, DatabaseCredentials, GcsCredentials
 from .evidence.report import human_bytes
 from .errors import JurisdictionError, PolicyError, ResidencyError, StoreError
@@ -359,6 +359,50 @@ def recheck(rt: Runtime) -> dict[str, Any]:
     return rt.end("recheck", result.summary())
 
 
+def catch_up(rt: Runtime) -> dict[str, Any]:
+    """After the copy, before the recheck: list the sources again and copy and verify what
+    the application wrote since the inventory, pass after pass while the delta shrinks."""
+    passes = rt.policy.cutover.catch_up_passes
+    rt.begin("catch-up", f" (at most {passes} pass(es))")
+    if passes == 0:
+        return rt.end("catch_up", {"skipped": "cutover.catch_up_passes is 0: objects written after the inventory "
+                                              "are found by the final pass only"})
+    result = catchup.catch_up(rt.policy, rt.ledger, rt.stores_for, max_passes=passes, dry_run=rt.dry_run)
+    return rt.end("catch_up", result.summary())
+
+
+def freeze_sources(rt: Runtime) -> dict[str, Any]:
+    """After the cutover's approval: the source buckets refuse writes (policy ``cutover.freeze``)."""
+    require_approval(rt, "cutover")
+    rt.begin("freeze")
+    result = freeze.freeze(rt.policy, rt.ledger, rt.source_store, dry_run=rt.dry_run, run_id=rt.run_id)
+    log.info("END freeze: %s", result.summary())
+    return result.as_dict()
+
+
+def final_pass(rt: Runtime) -> dict[str, Any]:
+    """Right before the cutover (under the freeze, when there is one): one more listing;
+    what arrived since is copied, verified, and everything re-proven again, so that the
+    cutover repoints only to copies proven now."""
+    require_approval(rt, "cutover")
+    rt.begin("final catch-up")
+    result = catchup.catch_up(rt.policy, rt.ledger, rt.stores_for, max_passes=1, dry_run=rt.dry_run, final=True)
+    summary = result.summary()
+    if result.delta and not rt.dry_run:
+        proof = attest.attest(rt.policy, rt.ledger, rt.stores_for, phase="recheck")
+        rt.end("recheck", proof.summary())
+        summary["rechecked"] = True
+    return rt.end("final_pass", summary)
+
+
+def unfreeze_sources(rt: Runtime) -> dict[str, Any]:
+    """After the cutover, whatever its outcome: the freeze statements are removed."""
+    rt.begin("unfreeze")
+    result = freeze.unfreeze(rt.policy, rt.ledger, rt.source_store, dry_run=rt.dry_run, run_id=rt.run_id)
+    log.info("END unfreeze: %s", result.summary())
+    return result.as_dict()
+
+
 def attest_phase(rt: Runtime) -> dict[str, Any]:
     """Just before the evidence: re-prove everything the evidence will count as migrated."""
     rt.begin("attest")
@@ -532,6 +576,19 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+def _discover(rt: Runtime) -> dict[str, Any] | None:
+    """Every text and JSON column the policy does not name, scanned now (see
+    :func:`residency.references.discover`); an error is reported, never hidden."""
+    if rt.policy.references is None:
+        return None
+    try:
+        return references.discover(rt.policy, database_url=rt.app_database_url()).as_dict()
+    except Exception as exc:  # noqa: BLE001 - the report must still be written, saying why
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("evidence: the discovery scan of the application database failed: %s", why)
+        return {"error": why}
+
+
 def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     """Scan the application's references now, then write the evidence.
 
@@ -554,9 +611,11 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - the report must still be written, saying why
             log.error("evidence: the residual scan of the application database failed: %s: %s",
                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    discovery = _discover(rt)
     files = evidence.write_evidence(
         rt.policy, rt.ledger, out_dir, run={**dict(run), "dry_run": rt.dry_run}, software=software_versions(),
         residual=residual, approvals=rt.ledger.get_approvals(rt.policy.migration_id, rt.run_id or "manual"),
+        discovery=discovery,
     )
     report = files.evidence
     summary = {

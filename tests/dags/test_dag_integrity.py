@@ -32,10 +32,10 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_residency_migration_shape(dagbag):
     dag = dagbag.dags["residency_migration"]
     assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
-    tail = ["recheck", "propose_cutover", "approve_cutover", "cutover", "propose_revoke", "approve_revoke", "revoke",
-            "attest", "evidence", "check_complete"]
+    tail = ["catch_up", "recheck", "propose_cutover", "approve_cutover", "freeze", "final_pass", "cutover",
+            "propose_revoke", "approve_revoke", "revoke", "attest", "evidence", "check_complete"]
     shard_tasks = {f"{step}_to_{p}" for step in ("shards", "copy", "verify") for p in ("s3", "gs")}
-    assert {"plan", "preflight", "inventory", *tail} | shard_tasks == set(dag.task_ids)
+    assert {"plan", "preflight", "inventory", "unfreeze", *tail} | shard_tasks == set(dag.task_ids)
     for provider, pool in (("s3", "residency_s3"), ("gs", "residency_gcs")):
         order = ["plan", "preflight", "inventory", f"shards_to_{provider}", f"copy_to_{provider}",
                  f"verify_to_{provider}", *tail]
@@ -50,17 +50,23 @@ def test_residency_migration_shape(dagbag):
     assert dag.get_task("evidence").trigger_rule == "all_done_min_one_success"
     # State 8: nothing in scope skips the mapped shards; the run must still recheck, cut over,
     # revoke, attest and write the evidence.
+    assert dag.get_task("catch_up").trigger_rule == "none_failed"
     assert dag.get_task("recheck").trigger_rule == "none_failed"
     assert dag.get_task("attest").trigger_rule == "none_failed_min_one_success"
-    assert "inventory" in dag.get_task("recheck").upstream_task_ids
+    assert "inventory" in dag.get_task("catch_up").upstream_task_ids
+    # A freeze is lifted whatever the cutover's outcome, and before the evidence.
+    assert dag.get_task("unfreeze").trigger_rule == "all_done"
+    assert "cutover" in dag.get_task("unfreeze").upstream_task_ids
+    assert "unfreeze" in dag.get_task("attest").upstream_task_ids
     assert dag.max_active_runs == 1
     # The irreversible steps wait for a human, directly, with no retry that would ask twice.
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
+    first_after = {"cutover": "freeze", "revoke": "revoke"}  # the cutover's first change is the freeze
     for step in ("cutover", "revoke"):
         approval = dag.get_task(f"approve_{step}")
         assert isinstance(approval, ApprovalOperator) and approval.retries == 0
-        assert dag.get_task(step).upstream_task_ids - {"plan"} == {f"approve_{step}"}
+        assert dag.get_task(first_after[step]).upstream_task_ids - {"plan"} == {f"approve_{step}"}
         assert approval.defaults == ["Reject"]  # a timeout rejects
         assert "comment" in approval.params
 
