@@ -172,9 +172,14 @@ def _residual(blocking: dict[str, int] | None = None, accepted: int = 1) -> Resi
     )
 
 
-def _write(policy, ledger, tmp_path, residual=None, run=RUN):
+#: A discovery scan that found nothing outside the policy's columns.
+CLEAN_DISCOVERY = {"enabled": True, "unconfigured": [], "columns": [], "scanned_columns": 4, "cells_scanned": 30,
+                   "schemas": ["main"], "excluded": []}
+
+
+def _write(policy, ledger, tmp_path, residual=None, run=RUN, discovery=CLEAN_DISCOVERY):
     return write_evidence(policy, ledger, tmp_path / "evidence", run=run, software=SOFTWARE,
-                          residual=_residual() if residual is None else residual)
+                          residual=_residual() if residual is None else residual, discovery=discovery)
 
 
 def _rule(ev: dict, rule: str) -> dict:
@@ -355,7 +360,7 @@ def test_nothing_in_scope_is_never_complete(policy, ledger, tmp_path):
                          placement_source="discovered", objects_listed=40, bytes_listed=4000, objects_in_scope=0,
                          bytes_in_scope=0, objects_out_of_scope=40, bytes_out_of_scope=4000, objects_unreadable=0,
                          bytes_unreadable=0, inventoried_at=STAMP)
-    ev = write_evidence(policy, ledger, tmp_path / "evidence", run=RUN, software=SOFTWARE, residual=_residual()).evidence
+    ev = _write(policy, ledger, tmp_path).evidence
     assert ev["complete"] is False
     assert f"{S3_SRC}: nothing is in scope (40 objects listed, none selected)" in _rule(ev, "scope")["problems"][0]
 
@@ -400,9 +405,31 @@ def test_any_blocking_residual_reference_is_not_complete(policy, ledger, tmp_pat
     assert f"(1 {reason})" in _rule(ev, "references")["problems"][0]
 
 
+def test_a_column_outside_the_policy_holding_overseas_references_is_not_complete(policy, ledger, tmp_path):
+    """Discovery: the residual scan reads only the policy's columns; a column nobody listed
+    that holds overseas URLs makes a COMPLETE verdict false, so it blocks."""
+    _populate(ledger)
+    found = dict(CLEAN_DISCOVERY, unconfigured=["comments.body"], columns=[
+        {"label": "comments.body", "kind": "text", "configured": False, "cells": 9, "cells_with_references": 2,
+         "references": 3, "examples": ["see https://seoul-media.s3.amazonaws.com/a.jpg"]}])
+    ev = _write(policy, ledger, tmp_path, discovery=found).evidence
+    assert _broken(ev) == ["references"]
+    assert "Column comments.body is not named in the policy but holds 3 reference(s)" in \
+        _rule(ev, "references")["problems"][0]
+    assert ev["references"]["discovery"]["unconfigured"] == ["comments.body"]
+    # No discovery scan, or one that failed: not proven, so not complete either.
+    for missing in (None, {"error": "OperationalError: no such table"}):
+        ev = _write(policy, ledger, tmp_path, discovery=missing).evidence
+        assert _broken(ev) == ["references"] and "not proven" in _rule(ev, "references")["problems"][0]
+    # Turned off by the policy: stated, not blocking.
+    ev = _write(policy, ledger, tmp_path, discovery={"enabled": False}).evidence
+    assert ev["complete"] is True and "not scanned" in ev["references"]["discovery"]["note"]
+
+
 def test_no_fresh_residual_scan_or_a_rollback_is_not_complete(policy, ledger, tmp_path):
     _populate(ledger)
-    ev = write_evidence(policy, ledger, tmp_path / "evidence", run=RUN, software=SOFTWARE, residual=None).evidence
+    ev = write_evidence(policy, ledger, tmp_path / "evidence", run=RUN, software=SOFTWARE, residual=None,
+                        discovery=CLEAN_DISCOVERY).evidence
     assert _rule(ev, "references")["problems"] == [
         "No residual scan of the application database was made for this report, so references left pointing "
         "overseas are unknown."]

@@ -50,10 +50,10 @@ EVIDENCE_HTML = "evidence.html"
 FAILURES_CAP = 200
 """At most this many failed (or unreadable) objects are listed per source bucket; objects.jsonl has all failed ones."""
 SAMPLE_SIZE = 50
-PHASES = ("preflight", "inventory", "copy", "verify", "recheck", "cutover", "rollback", "revoke", "attest",
-          "residual")
+PHASES = ("preflight", "inventory", "copy", "verify", "catch_up", "recheck", "freeze", "final_pass", "cutover",
+          "unfreeze", "rollback", "revoke", "attest", "residual")
 #: Phases that change what the attestation re-proved; one recorded after it makes it stale.
-CHANGING_PHASES = ("inventory", "copy", "verify", "recheck", "cutover", "rollback")
+CHANGING_PHASES = ("inventory", "copy", "verify", "catch_up", "recheck", "final_pass", "cutover", "rollback")
 
 # Count categories of a source bucket, route and the reconciliation, in display order,
 # with the words an auditor reads in the HTML page.
@@ -273,6 +273,7 @@ def build_evidence(
     objects_export: ObjectsExport | None = None,
     approvals: Sequence[Mapping[str, Any]] = (),
     residual: ResidualReport | None = None,
+    discovery: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the evidence document from the ledger; see the module docstring.
 
@@ -288,6 +289,10 @@ def build_evidence(
         residual: the residual scan made for this report; ``None`` when the policy
             names no reference columns, or the scan could not be made (then the
             references rule fails).
+        discovery: :meth:`~residency.references.DiscoveryReport.as_dict` of the
+            scan of every text and JSON column made for this report; a column the
+            policy does not name that holds overseas references fails the
+            references rule. ``{"error": ...}`` when it could not be made (fails too).
 
     Returns:
         A JSON-ready dict matching ``schemas/evidence.schema.json``.
@@ -414,7 +419,7 @@ def build_evidence(
     balanced = all(c["holds"] for c in total_checks) and all(s["balanced"] for s in sources)
     reconciliation = {**totals, "checks": total_checks, "balanced": balanced}
 
-    references = _references(policy, ledger, mid, phases, residual, verdict)
+    references = _references(policy, ledger, mid, phases, residual, verdict, discovery)
     revocations = _revocations(policy, ledger, mid, verdict)
     decisions = _approvals(approvals, verdict)
 
@@ -455,6 +460,7 @@ def build_evidence(
         "reconciliation": reconciliation,
         "attestation": attestation,
         "references": references,
+        "live_cutover": _live_cutover(phases),
         "revocations": revocations,
         "approvals": decisions,
         "audit_log": {"file": AUDIT_FILE, "records": audit_head.records, "head": audit_head.head},
@@ -463,6 +469,23 @@ def build_evidence(
         "rules": [statement for _, statement in COMPLETE_RULES],
         "notes": list(NOTES),
     }
+
+
+def _live_cutover(phases: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """What met the live application: catch-up passes, the final pass, the freeze and its
+    removal (each bucket's policy before and after). Informative: an object they missed
+    is not verified, and the migrated rule says so."""
+    def result(name: str) -> dict[str, Any] | None:
+        row = phases.get(name)
+        return None if row is None else {"at": row["at"], "run_id": row["run_id"], **_jsonable(dict(row["result"]))}
+
+    freeze, unfreeze = result("freeze"), result("unfreeze")
+    frozen = {b["bucket_uri"] for b in (freeze or {}).get("buckets") or [] if b.get("action") in ("frozen",
+                                                                                                  "already_frozen")}
+    lifted = {b["bucket_uri"] for b in (unfreeze or {}).get("buckets") or [] if b.get("action") in (
+        "unfrozen", "already_unfrozen")}
+    return {"catch_up": result("catch_up"), "final_pass": result("final_pass"), "freeze": freeze,
+            "unfreeze": unfreeze, "still_frozen": sorted(frozen - lifted)}
 
 
 def _attestation(phases: Mapping[str, Mapping[str, Any] | None], verdict: _Verdict) -> dict[str, Any] | None:
@@ -605,6 +628,7 @@ def _references(
     phases: Mapping[str, Mapping[str, Any] | None],
     residual: ResidualReport | None,
     verdict: _Verdict,
+    discovery: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     configured = policy.references is not None
     cutover_row, rollback_row = phases.get("cutover"), phases.get("rollback")
@@ -662,7 +686,35 @@ def _references(
             )
         }
     return {"configured": configured, "cutover": cutover, "residual_scan": scan, "rollback": rollback,
-            "journal": journal_counts}
+            "journal": journal_counts, "discovery": _discovery(configured, discovery, verdict)}
+
+
+def _discovery(configured: bool, found: Mapping[str, Any] | None, verdict: _Verdict) -> dict[str, Any] | None:
+    """Columns the policy does not name that hold overseas references block completeness:
+    the residual scan reads only the columns the policy names."""
+    if not configured:
+        return None
+    if found is None or found.get("error"):
+        verdict.fail("references", "The columns the policy does not name could not be scanned for overseas references "
+                                   f"({(found or {}).get('error') or 'no discovery scan was made'}): not proven that "
+                                   "none holds any.")
+        return {"enabled": True, "error": (found or {}).get("error") or "no discovery scan was made",
+                "unconfigured": [], "columns": [], "scanned_columns": 0, "cells_scanned": 0}
+    if not found.get("enabled"):
+        return {"enabled": False, "note": "references.discover is false: columns the policy does not name were not "
+                                          "scanned; references in them are unknown to this report",
+                "unconfigured": [], "columns": [], "scanned_columns": 0, "cells_scanned": 0}
+    columns = [c for c in found.get("columns") or [] if not c.get("configured")]
+    for column in columns:
+        verdict.fail("references", f"Column {column['label']} is not named in the policy but holds "
+                                   f"{column['references']:,} reference(s) to the overseas buckets in "
+                                   f"{column['cells_with_references']:,} cell(s); add it to references.columns "
+                                   f"(kind {column['kind']}) so that they are rewritten.")
+    return {"enabled": True, "unconfigured": list(found.get("unconfigured") or []), "columns": _jsonable(columns),
+            "scanned_columns": int(found.get("scanned_columns") or 0),
+            "cells_scanned": int(found.get("cells_scanned") or 0),
+            "schemas": _jsonable(list(found.get("schemas") or [])),
+            "excluded": _jsonable(list(found.get("excluded") or []))}
 
 
 def _revocations(policy: Policy, ledger: Ledger, mid: str, verdict: _Verdict) -> dict[str, Any]:
@@ -775,6 +827,7 @@ def write_evidence(
     software: Mapping[str, Any],
     approvals: Sequence[Mapping[str, Any]] = (),
     residual: ResidualReport | None = None,
+    discovery: Mapping[str, Any] | None = None,
 ) -> EvidenceFiles:
     """Write ``audit.jsonl``, ``objects.jsonl``, ``evidence.json`` and ``evidence.html`` into ``out_dir``.
 
@@ -794,7 +847,8 @@ def write_evidence(
     head = export_audit_log(ledger, mid, audit_path)
     objects_export = export_objects(ledger, mid, objects_path)
     evidence = build_evidence(policy, ledger, run=run, software=software, audit_head=head,
-                              objects_export=objects_export, approvals=approvals, residual=residual)
+                              objects_export=objects_export, approvals=approvals, residual=residual,
+                              discovery=discovery)
     validate_evidence(evidence)
     json_path, html_path = out_dir / EVIDENCE_JSON, out_dir / EVIDENCE_HTML
     with atomic_write(json_path) as out:
