@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "include"))
 from residency.localcloud.deployment import (  # noqa: E402
     PG_HOST, PG_PORT, PG_USER, AirflowDeployment, create_database, drop_database,
 )
-from residency.localcloud.estate import seed_estate  # noqa: E402
+from residency.localcloud.estate import seed_estate, upload_late  # noqa: E402
 from residency.localcloud.servers import FakeGcsServer, MotoServer  # noqa: E402
 
 DAG_ID = "residency_migration"
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Airflow at {airflow.base_url} ({airflow.backend} metadata), LocalExecutor")
             print(f"triggering {DAG_ID} ...")
             t0 = time.monotonic()
-            outcome = _run(airflow, estate)
+            outcome = _run(airflow, estate, admin, gcs)
             dag_seconds = time.monotonic() - t0
             workers_line = _print_workers(airflow, outcome["tasks"]) if celery else None
 
@@ -165,6 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{residual.get('residual', 0)} still pointing overseas {residual.get('by_reason', {})}, "
         f"{residual.get('accepted', 0)} accepted by the policy with a reason"
     )
+    live = evidence.get("live_cutover") or {}
+    for name in ("catch_up", "final_pass"):
+        phase = live.get(name) or {}
+        if phase.get("passes") is not None:
+            print(f"  {name.replace('_', ' ')}: {len(phase['passes'])} pass(es), {phase.get('delta', 0)} object(s) new or "
+                  f"changed since the listing before, {phase.get('remaining', 0)} not verified after it "
+                  f"({phase.get('stopped_because')})")
+    for bucket in (live.get("freeze") or {}).get("buckets", []):
+        proof = bucket.get("proof") or {}
+        print(f"  freeze {bucket['bucket_uri']}: {bucket['action']}"
+              + (f", {proof.get('status')}: {proof.get('reason')}" if proof else f" ({bucket.get('why')})"))
+    for bucket in (live.get("unfreeze") or {}).get("buckets", []):
+        print(f"  unfreeze {bucket['bucket_uri']}: {bucket['action']}")
     for rule in residual.get("accepted_by_rule", []):
         print(f"    accepted {rule['references']} ({rule['rule']}): {rule['reason']}")
     for rev in evidence.get("revocations", {}).get("records", []):
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  approval of the {approval['step']}: {approval['decision']} by {approval['who']} at {approval['when']}")
     print(f"  audit log: {evidence['audit_log']['records']} records, chain head {evidence['audit_log']['head'][:16]}")
     print(f"evidence: {OUT / 'evidence.json'}  {OUT / 'evidence.html'}")
-    expected = _expected_counts(estate)
+    expected = _expected_counts(estate, outcome["late"])
     found = _evidence_counts(evidence)
     same = found == expected
     print(f"executor: {args.executor}{' (' + workers_line + ')' if workers_line else ''}; evidence counts "
@@ -192,19 +205,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(airflow: AirflowDeployment, estate) -> dict:
+def _run(airflow: AirflowDeployment, estate, admin, gcs) -> dict:
     """Trigger the DAG as ``manager``, answer each approval as ``demo-approver`` through
-    the REST API (printing what it approved), wait for the end, fetch every task's log."""
+    the REST API (printing what it approved), wait for the end, fetch every task's log.
+
+    The application stays live meanwhile: photos are uploaded (and linked from new chat
+    messages) once the inventory is done, and again while the cutover waits for its
+    approval; the catch-up passes and the final pass must find and migrate them."""
     manager, approver = airflow.api("manager"), airflow.api(APPROVER)
     run_id = manager.trigger(DAG_ID, {"policy_path": str(estate.policy_path), "evidence_dir": str(OUT),
                                       "dry_run": False})
     answered: set[str] = set()
+    late: list = []
+
+    def upload(wave: int, when: str) -> None:
+        late.append(upload_late(estate, admin, gcs, wave))
+        print(f"  the app uploaded {late[-1].objects} photos {when}, each linked from a new chat message: "
+              + ", ".join(late[-1].uris))
 
     def answer(_api, _run) -> None:
+        if not late and any(t["task_id"] == "inventory" and t["state"] == "success"
+                            for t in manager.task_instances(DAG_ID, run_id)):
+            upload(1, "after the inventory")
         for request in approver.pending_approvals(DAG_ID, run_id):
             task_id = request["task_instance"]["task_id"]
             if task_id in answered:
                 continue
+            if task_id == "approve_cutover" and len(late) == 1:
+                upload(2, "while the cutover waited for its approval")
             approver.respond(DAG_ID, run_id, task_id, "Approve",
                              {"comment": "approved unattended by make demo"}, request["task_instance"]["map_index"])
             answered.add(task_id)
@@ -219,7 +247,7 @@ def _run(airflow: AirflowDeployment, estate) -> dict:
             name = t["task_id"] + (f"-{t['map_index']:03d}" if t["map_index"] >= 0 else "")
             (logs / f"{name}.log").write_text(
                 manager.task_log(DAG_ID, run_id, t["task_id"], t["try_number"], t["map_index"]), encoding="utf-8")
-    return {"run_id": run_id, "state": state, "note": manager.run_note(DAG_ID, run_id),
+    return {"run_id": run_id, "state": state, "note": manager.run_note(DAG_ID, run_id), "late": late,
             "failed": sorted({t["task_id"] for t in tasks if t["state"] == "failed"}), "tasks": tasks}
 
 
@@ -242,11 +270,17 @@ def _print_workers(airflow: AirflowDeployment, tasks: list[dict]) -> str:
     return line
 
 
-def _expected_counts(estate) -> dict:
-    """What a complete run of the seeded estate reports, whichever executor ran it."""
-    return {"in_scope": estate.media_objects, "verified": estate.media_objects, "failed": 0,
-            "in_scope_bytes": estate.media_bytes,
-            "routes": {r: c["objects"] for r, c in sorted(estate.routes.items())}}
+def _expected_counts(estate, late: list) -> dict:
+    """What a complete run of the seeded estate (and the uploads made during the run)
+    reports, whichever executor ran it."""
+    routes = {r: c["objects"] for r, c in sorted(estate.routes.items())}
+    for wave in late:
+        for uri in wave.uris:
+            route = "gs->gs" if uri.startswith("gs://") else "s3->s3"
+            routes[route] = routes.get(route, 0) + 1
+    objects = estate.media_objects + sum(w.objects for w in late)
+    return {"in_scope": objects, "verified": objects, "failed": 0,
+            "in_scope_bytes": estate.media_bytes + sum(w.bytes for w in late), "routes": routes}
 
 
 def _evidence_counts(evidence: dict) -> dict:

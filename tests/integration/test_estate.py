@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from residency.clients import aws_from_fields, gcs_from_fields
 from residency.localcloud.estate import Estate, seed_estate
 from residency.localcloud.servers import FakeGcsServer, MotoServer
+from residency.references.cells import locate
 from residency.policy import load_policy
 from residency.uris import UrlStyle, parse_url
 
@@ -80,6 +81,14 @@ def _url_cells(db_url: str, columns: dict[str, tuple[str, ...]] = URL_COLUMNS) -
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as db:
         return [v for table, cols in columns.items() for col in cols
                 for (v,) in db.execute(f"SELECT {col} FROM {table} ORDER BY id")]
+
+
+def _embedded(db_url: str) -> list:
+    """URLs inside the text and JSON columns (chat text, user settings), parsed."""
+    cells = _url_cells(db_url, {"messages": ("body",), "users": ("settings",)})
+    kinds = ["text"] * (len(cells) - len(_url_cells(db_url, {"users": ("settings",)}))) + ["json"] * len(
+        _url_cells(db_url, {"users": ("settings",)}))
+    return [spot.parsed for cell, kind in zip(cells, kinds) for spot in locate(cell or "", kind, ())]
 
 
 def test_buckets_are_in_their_regions(estate: Estate) -> None:
@@ -216,9 +225,10 @@ def test_app_db_references_every_media_object(estate: Estate) -> None:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"users", "photos", "messages"}
     cells = _url_cells(estate.app_db_url)
-    parsed = [p for p in map(parse_url, filter(None, cells)) if p]
+    parsed = [p for p in map(parse_url, filter(None, cells)) if p] + _embedded(estate.app_db_url)
     seoul = [p for p in parsed if p.ref.bucket in estate.source_buckets]
     assert len(seoul) == estate.references
+    assert len(_embedded(estate.app_db_url)) >= 5  # links inside chat text and JSON settings too
     assert {p.style for p in seoul} == {UrlStyle.S3_URI, UrlStyle.S3_VIRTUAL, UrlStyle.S3_PATH}
     assert None in cells and "https://cdn.example.jp/x.png" in cells
 
@@ -576,7 +586,8 @@ def test_videos_table_references_every_gcs_media_object(gcs_estate: Estate, gcs_
     assert len(referenced) > len(set(referenced)), "no GCS object is referenced twice"
 
     # The totals add the videos table to the S3-side references of the S3-only estate.
-    s3_cells = [p for p in map(parse_url, filter(None, _url_cells(gcs_estate.app_db_url))) if p]
+    s3_cells = [p for p in map(parse_url, filter(None, _url_cells(gcs_estate.app_db_url))) if p] + _embedded(
+        gcs_estate.app_db_url)
     s3_seoul = [p for p in s3_cells if p.ref.provider == "s3" and p.ref.bucket in gcs_estate.source_buckets]
     assert gcs_estate.references == len(s3_seoul) + len(seoul_gs)
     s3 = gcs_estate.migrator.client("s3", SEOUL)

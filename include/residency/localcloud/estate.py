@@ -66,7 +66,8 @@ import sqlalchemy as sa
 
 from ..clients import AwsCredentials
 from ..policy import Selection
-from ..uris import ObjectRef, UrlStyle, format_url, parse_url
+from ..references.cells import locate
+from ..uris import ObjectRef, UrlStyle, format_url
 from .servers import FakeGcsServer, MotoServer
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,16 @@ class _Plan:
         self.messages = [
             {"id": i + 1, "body": f"message {i + 1}", "attachment_url": url} for i, url in enumerate(cells)
         ]
+        # Chat text with photo links in it (Markdown and HTML, as the apps write them).
+        shared = [photo for _, photo in photo_objs[1 :: 5 if not small else 2]]
+        for n, photo in enumerate(shared):
+            message = self.messages[(n * 3) % len(self.messages)]
+            style = styles[n % 3]
+            if style is UrlStyle.S3_URI and any(c.isspace() for c in photo.key):
+                style = UrlStyle.S3_VIRTUAL  # in text a verbatim URI ends at a space; apps link these encoded
+            link = self.url(photo, style)
+            message["body"] = (f"{message['body']}: look [this photo]({link}) 📷" if n % 2 else
+                               f"{message['body']}: <p>from our trip <img src=\"{link}\" alt=\"trip\"></p>")
 
     def url(self, obj: _Obj, style: UrlStyle, query: str = "") -> str:
         self._media_refs[obj.ref.uri] = self._media_refs.get(obj.ref.uri, 0) + 1
@@ -395,7 +406,8 @@ class _Plan:
         return {
             "users": [
                 {"id": u["id"], "name": u["name"],
-                 "avatar_url": format_url(u["avatar"].ref, UrlStyle.S3_VIRTUAL, SEOUL) if u["avatar"] else None}
+                 "avatar_url": format_url(u["avatar"].ref, UrlStyle.S3_VIRTUAL, SEOUL) if u["avatar"] else None,
+                 "settings": _settings(u)}
                 for u in self.users
             ],
             "photos": [
@@ -509,6 +521,22 @@ class _GcsPlan(_Plan):
         return {"videos": self.videos}
 
 
+#: The application's columns that hold references, and their kinds (as the policy lists them).
+REFERENCE_COLUMNS = {"avatar_url": "url", "settings": "json", "url": "url", "thumbnail_url": "url",
+                     "attachment_url": "url", "body": "text", "gcs_url": "url", "poster_url": "url"}
+
+
+def _settings(user: dict[str, Any]) -> str:
+    """A user's settings as the app stores them: JSON text, its own spacing, the avatar URL
+    nested (slashes escaped, as some JSON encoders write them)."""
+    avatar = user["avatar"]
+    if avatar is None:
+        return '{"theme": "light", "profile": {"avatar": null}}'
+    url = format_url(avatar.ref, UrlStyle.S3_VIRTUAL, SEOUL).replace("/", "\\/")
+    return ('{"theme": "dark", "lang": "ja", "profile": {"avatar": "' + url + '", "sizes": [64, 128]},'
+            ' "notify": {"mentions": true}}')
+
+
 def _crc32c_b64(data: bytes) -> str:
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
 
@@ -588,7 +616,8 @@ def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
     meta = sa.MetaData()
     tables = {
         "users": sa.Table("users", meta, sa.Column("id", sa.Integer, primary_key=True),
-                          sa.Column("name", sa.Text, nullable=False), sa.Column("avatar_url", sa.Text)),
+                          sa.Column("name", sa.Text, nullable=False), sa.Column("avatar_url", sa.Text),
+                          sa.Column("settings", sa.Text)),
         "photos": sa.Table("photos", meta, sa.Column("id", sa.Integer, primary_key=True),
                            sa.Column("user_id", sa.Integer, nullable=False), sa.Column("url", sa.Text),
                            sa.Column("thumbnail_url", sa.Text)),
@@ -658,14 +687,19 @@ control_dir: control              # relative to this file
   media_types: [image, video, audio]
   exclude_prefixes: []
 transfer: {{multipart_threshold_mb: 16, part_size_mb: 8, shard_size: {shard_size}, workers: 4}}
+cutover:                          # the app keeps uploading: list again before the cutover
+  catch_up_passes: 3
+  freeze: true                    # S3 sources refuse writes from the final pass to the end of the cutover
 references:
   database_url: sqlite:///app.db       # relative to this file
   batch_size: 200
   columns:
     - {{table: users, key: id, column: avatar_url}}
+    - {{table: users, key: id, column: settings, kind: json}}     # JSON settings, URLs nested
     - {{table: photos, key: id, column: url}}
     - {{table: photos, key: id, column: thumbnail_url}}
     - {{table: messages, key: id, column: attachment_url}}
+    - {{table: messages, key: id, column: body, kind: text}}      # chat text with links in it
 {videos}  accepted_residual:             # references that may keep pointing at Seoul, each with the reason
     - {{uri: "s3://{MEDIA_BUCKET}/logs/*", reason: "application logs are not media; they stay in Seoul under the log retention policy"}}
     - {{uri: "s3://{MEDIA_BUCKET}/meta/*", reason: "album metadata (JSON) is not media and is rebuilt in Tokyo"}}
@@ -835,11 +869,11 @@ def seed_estate(
         in_scope |= {o.ref.uri for o in gplan.objects if selection.media_type(o.key, o.content_type)}
     for table_rows in rows.values():
         for row in table_rows:
-            for column in ("avatar_url", "url", "thumbnail_url", "attachment_url", "gcs_url", "poster_url"):
-                parsed = parse_url(row.get(column) or "")
-                if parsed and (parsed.ref.provider, parsed.ref.bucket) in source_buckets:
-                    seoul_cells += 1
-                    media_cells += parsed.ref.uri in in_scope
+            for column, kind in REFERENCE_COLUMNS.items():
+                for spot in locate(row.get(column) or "", kind, ()):
+                    if (spot.parsed.ref.provider, spot.parsed.ref.bucket) in source_buckets:
+                        seoul_cells += 1
+                        media_cells += spot.parsed.ref.uri in in_scope
     log.info(
         "estate: %s: %s; %s URL cells point into Seoul (%s at media in scope)",
         app_db_url, ", ".join(f"{name} {len(r)}" for name, r in rows.items()) + " rows", seoul_cells, media_cells,
@@ -872,3 +906,57 @@ def seed_estate(
         gcs_destination_bucket=GCS_DESTINATION_BUCKET if gcs is not None else None,
         routes=routes,
     )
+
+
+@dataclass(frozen=True)
+class LateUploads:
+    """What :func:`upload_late` wrote: media in scope, and the chat messages linking them."""
+
+    objects: int
+    bytes: int
+    references: int
+    uris: tuple[str, ...]
+
+
+def upload_late(estate: Estate, admin: AwsCredentials, gcs: FakeGcsServer | None, wave: int,
+                count: int = 3) -> LateUploads:
+    """The live application at work after the inventory: ``count`` new photos in the Seoul
+    photo bucket (and one in the GCS photo bucket when the estate has a GCS side), each
+    shared in a new chat message whose text links it. The demo calls this between phases;
+    a correct migration still ends COMPLETE with them copied and their links rewritten.
+
+    Raises:
+        botocore.exceptions.ClientError: the bucket refused the write (e.g. frozen).
+    """
+    rnd = random.Random(f"late-{wave}")
+    objs = [
+        _Obj(PHOTOS_BUCKET, f"users/1002/photos/2021/12/LATE_{wave}_{i + 1:02d}.jpg", "jpg",
+             rnd.randint(8 * KiB, 96 * KiB), rnd.getrandbits(64), "image/jpeg")
+        for i in range(count)
+    ]
+    if gcs is not None and estate.gcs_endpoint:
+        objs.append(_Obj(GCS_PHOTOS_BUCKET, f"albums/late/{wave}/cover.png", "png", rnd.randint(8 * KiB, 64 * KiB),
+                         rnd.getrandbits(64), "image/png", provider="gs"))
+    s3 = admin.client("s3", SEOUL, request_checksum_calculation="when_required")
+    for obj in objs:
+        if obj.provider == "gs":
+            _gcs_put(gcs.credentials("estate-admin", project=GCS_PROJECT).client(), obj)
+        else:
+            _put(s3, obj)
+    styles = (UrlStyle.S3_VIRTUAL, UrlStyle.S3_URI, UrlStyle.S3_PATH)
+    engine = sa.create_engine(estate.app_db_url)
+    try:
+        with engine.begin() as conn:
+            first = (conn.execute(sa.text("SELECT MAX(id) FROM messages")).scalar() or 0) + 1
+            rows = []
+            for i, obj in enumerate(objs):
+                style = UrlStyle.GS_URI if obj.provider == "gs" else styles[i % 3]
+                link = format_url(obj.ref, style, SEOUL)
+                rows.append({"id": first + i, "body": f"just uploaded {link} 🎉", "attachment_url": None})
+            conn.execute(sa.text("INSERT INTO messages (id, body, attachment_url) VALUES (:id, :body, :attachment_url)"),
+                         rows)
+    finally:
+        engine.dispose()
+    log.info("estate: late uploads (wave %d): %s, each linked from a new chat message", wave,
+             ", ".join(o.ref.uri for o in objs))
+    return LateUploads(len(objs), sum(o.size for o in objs), len(objs), tuple(o.ref.uri for o in objs))
