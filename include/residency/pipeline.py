@@ -388,7 +388,7 @@ def final_pass(rt: Runtime) -> dict[str, Any]:
     rt.begin("final catch-up")
     result = catchup.catch_up(rt.policy, rt.ledger, rt.stores_for, max_passes=1, dry_run=rt.dry_run, final=True)
     summary = result.summary()
-    if result.delta and not rt.dry_run:
+    if any(p.to_copy for p in result.passes) and not rt.dry_run:  # new copies must be re-proven too
         proof = attest.attest(rt.policy, rt.ledger, rt.stores_for, phase="recheck")
         rt.end("recheck", proof.summary())
         summary["rechecked"] = True
