@@ -162,15 +162,27 @@ def linked_objects(ledger: Ledger, journal_ids: Sequence[int]) -> dict[int, set[
 
 
 def _with_state(conn: Connection, migration_id: str, uris: list[str], state: str) -> set[str]:
-    """Of ``uris``, the objects with a journaled cell in ``state`` (index lookups)."""
-    query = (
-        sa.select(_links.c.src_uri).distinct()
-        .join(_journal, _journal.c.id == _links.c.journal_id)
+    """Of ``uris``, the objects with a journaled cell in ``state``.
+
+    Two single-table lookups, each on an index (the objects' cells by
+    ``(migration_id, src_uri)``, then their states by primary key), rather than one
+    join a planner without statistics may answer by reading the whole link table.
+    """
+    cells: dict[int, list[str]] = {}
+    for jid, uri in conn.execute(
+        sa.select(_links.c.journal_id, _links.c.src_uri)
         .where(_links.c.migration_id == migration_id)
         .where(_links.c.src_uri.in_(uris))
-        .where(_journal.c.state == state)
-    )
-    return set(conn.execute(query).scalars())
+    ):
+        cells.setdefault(jid, []).append(uri)
+    found: set[str] = set()
+    ids = sorted(cells)
+    for i in range(0, len(ids), CHUNK):
+        for jid in conn.execute(
+            sa.select(_journal.c.id).where(_journal.c.id.in_(ids[i : i + CHUNK])).where(_journal.c.state == state)
+        ).scalars():
+            found.update(cells[jid])
+    return found
 
 
 def set_journal_state(conn: Connection, ids: list[int], state: str) -> None:
