@@ -1,4 +1,4 @@
-"""Human-in-the-loop approval of the irreversible steps (cutover, revocation).
+"""Human-in-the-loop approval of the irreversible steps (cutover, revocation, rollback).
 
 :class:`PolicyApprovalOperator` is Airflow 3's ``ApprovalOperator`` configured at
 run time from the run's policy (the policy file is a run param, so who may approve
@@ -32,8 +32,8 @@ class PolicyApprovalOperator(ApprovalOperator):
     """Wait for an approval of ``step``; see the module docstring.
 
     Args:
-        step: ``cutover`` or ``revoke`` (the policy's ``approvals`` section names
-            approvers and a timeout per step).
+        step: ``cutover``, ``revoke`` or ``rollback`` (one of ``policy.APPROVAL_STEPS``;
+            the policy's ``approvals`` section names approvers and a timeout per step).
         proposal_task_id: the task whose XCom holds the proposal (``markdown``).
         plan_task_id: the task whose XCom holds the run's plan.
     """

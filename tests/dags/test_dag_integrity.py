@@ -1,4 +1,4 @@
-"""DAG integrity: the DAG folder imports cleanly and the main DAG is wired as documented."""
+"""DAG integrity: the DAG folder imports cleanly and the DAGs are wired as documented."""
 
 from __future__ import annotations
 
@@ -69,6 +69,24 @@ def test_residency_migration_shape(dagbag):
         assert dag.get_task(first_after[step]).upstream_task_ids - {"plan"} == {f"approve_{step}"}
         assert approval.defaults == ["Reject"]  # a timeout rejects
         assert "comment" in approval.params
+
+
+def test_residency_rollback_shape(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["residency_rollback"]
+    assert set(dag.params.keys()) == {"policy_path", "table", "dry_run", "evidence_dir"}
+    order = ["plan", "propose_rollback", "approve_rollback", "rollback", "evidence", "check_complete"]
+    assert set(dag.task_ids) == set(order)
+    for upstream, downstream in zip(order, order[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} must run before {downstream}"
+    approval = dag.get_task("approve_rollback")
+    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == "rollback"
+    assert approval.defaults == ["Reject"] and dag.get_task("rollback").upstream_task_ids == {"plan", "approve_rollback"}
+    # The evidence is written after a rejection (rollback skipped) or a failed rollback too.
+    assert dag.get_task("evidence").trigger_rule == "all_done"
+    assert dag.get_task("evidence").upstream_task_ids == {"plan", "rollback"}
+    assert dag.max_active_runs == 1
 
 
 def test_engine_does_not_import_airflow():

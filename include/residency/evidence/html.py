@@ -45,7 +45,8 @@ PLACEMENT_WORDS = {"discovered": "asked the provider's API", "declared": "declar
 
 
 @functools.lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
+    """The templates of the evidence pages (evidence, plan, rollback), with their filters."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("residency.evidence", "templates"),
         autoescape=True,
@@ -60,12 +61,12 @@ def _environment() -> jinja2.Environment:
 
 def render_plan(plan: Mapping[str, Any]) -> str:
     """The page of a dry run's plan (see :mod:`.plan`)."""
-    return _environment().get_template("plan.html.j2").render(plan=plan)
+    return environment().get_template("plan.html.j2").render(plan=plan)
 
 
 def render_html(evidence: Mapping[str, Any]) -> str:
     """The page for one evidence document (as :func:`~.report.build_evidence` returns it)."""
-    return _environment().get_template("evidence.html.j2").render(
+    return environment().get_template("evidence.html.j2").render(
         ev=evidence, count_labels=COUNT_LABELS, route_counts=ROUTE_COUNTS, method_labels=METHOD_LABELS,
         objects_file_name=OBJECTS_FILE,
     )

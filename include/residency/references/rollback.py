@@ -142,8 +142,8 @@ def rollback(
             skipped, not_applied,
         )
         if not dry_run:
-            ledger.audit(migration_id, "rollback.done", asdict(result))
-            ledger.record_phase(migration_id, "rollback", asdict(result))
+            ledger.audit(migration_id, "rollback.done", {**asdict(result), "run_id": ledger.run_id})
+            ledger.record_phase(migration_id, "rollback", asdict(result), run_id=ledger.run_id)
         return result
     finally:
         app.dispose()
