@@ -91,7 +91,10 @@ class Browser:
             port = self._devtools_port()
             pages = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
             page = next(p for p in pages if p.get("type") == "page")
-            self._ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10, proxy=None)
+            # No keepalive pings: a loaded 2-core machine can starve Chromium past the
+            # default 20 s ping timeout (seen in CI); every command has its own timeout.
+            self._ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10, proxy=None,
+                               ping_interval=None)
             for domain in ("Page", "Network", "Runtime"):
                 self.send(f"{domain}.enable")
         except BaseException:
