@@ -103,7 +103,7 @@ import psycopg2  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.engine import default as sa_default  # noqa: E402
 
-from bench_scale import PeakMeter, seed_verified  # noqa: E402
+from bench_scale import PeakMeter, rounded, seed_verified  # noqa: E402
 from residency.ledger import Ledger  # noqa: E402
 from residency.policy import parse_policy  # noqa: E402
 from residency.references import cutover, rollback, scan_residual  # noqa: E402
@@ -845,16 +845,6 @@ class Bench:
             "analyze_every_seconds": self.args.analyze_every, "analyze_runs": self.autoanalyze.runs,
             "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()[0],
         }
-
-
-def rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3 if abs(value) < 10 else 1)
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    return value
 
 
 def report(fig: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..ledger import Ledger, journal, now
+from ..references import journal as references_journal
 from ..policy import Policy, redact_db_url
 from ..uris import redact_text
 from .chain import AuditChainBroken, atomic_write, export_audit_log, verify_audit_log
@@ -96,33 +97,6 @@ def journal_counts(ledger: Ledger, migration_id: str, table: str | None = None) 
         for name, state, n in conn.execute(query):
             out.setdefault(name, {})[state] = int(n)
     return out
-
-
-def journal_pages(
-    ledger: Ledger, migration_id: str, states: Sequence[str], *, table: str | None, size: int
-) -> Iterator[list[dict[str, Any]]]:
-    """Journal rows in ``id`` order, keyset-paginated: one page in memory at a time."""
-    last = 0
-    while True:
-        query = (
-            sa.select(journal.c.id, journal.c.table_name, journal.c.key_column, journal.c.key_value,
-                      journal.c.url_column, journal.c.old_url, journal.c.new_url, journal.c.state)
-            .where(journal.c.migration_id == migration_id)
-            .where(journal.c.state.in_(list(states)))
-            .where(journal.c.id > last)
-            .order_by(journal.c.id)
-            .limit(size)
-        )
-        if table:
-            query = query.where(journal.c.table_name == table)
-        with ledger.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
-        if not rows:
-            return
-        yield rows
-        if len(rows) < size:
-            return
-        last = rows[-1]["id"]
 
 
 # -- the application database, read-only ------------------------------------------
@@ -241,7 +215,7 @@ def check_cells(
     cells = AppCells(app)
     try:
         if proof:
-            for page in journal_pages(ledger, migration_id, (_ROLLED_BACK,), table=table, size=page_size):
+            for page in references_journal.journal_pages(ledger, migration_id, (_ROLLED_BACK,), page_size, table=table):
                 for row, cell in _cells_of_page(cells, page):
                     if same_value(cell, row["old_url"]):
                         check.proven += 1
@@ -251,7 +225,7 @@ def check_cells(
                     if len(check.unproven_examples) < EXAMPLES:
                         check.unproven_examples.append({**_where(row), "reason": reason, "expected": shown(row["old_url"]),
                                                         "found": shown(cell)})
-        for page in journal_pages(ledger, migration_id, (_APPLIED, _PENDING), table=table, size=page_size):
+        for page in references_journal.journal_pages(ledger, migration_id, (_APPLIED, _PENDING), page_size, table=table):
             for row, cell in _cells_of_page(cells, page):
                 if same_value(cell, row["new_url"]):
                     check.remaining["holds_cutover_value"] += 1
