@@ -53,11 +53,6 @@ Checks (listed after the table; the exit status is 1 when one FAILs):
 - after the rollback every table is byte-identical to the seed: the MD5 of
   ``string_agg(col::text ORDER BY id)`` per table equals the one taken before the cutover.
 
-While text and JSON columns are not rewritten by the engine (they come back in
-``CutoverResult.skipped_columns``), the checks that need them rewritten are shown
-``WAITS`` with the reason, not ``FAIL``; they turn into PASS or FAIL by themselves
-once the cutover rewrites those kinds.
-
 Engine INFO logs (one line per rewritten cell, as a task's log) go to a file in a
 temporary folder; its size is reported. The machine (2 cores shared with the
 server and other engineers' runs) makes every time noisy: re-run before quoting one.
@@ -543,18 +538,15 @@ def pg_stat_reset(dsn: str) -> None:
 # -- checks ----------------------------------------------------------------------------
 
 
-PASS, FAIL, WAITS = "PASS", "FAIL", "WAITS"
+PASS, FAIL = "PASS", "FAIL"
 
 
 @dataclass
 class Checks:
     items: list[dict[str, str]] = field(default_factory=list)
 
-    def add(self, name: str, ok: bool, detail: str, waits: str | None = None) -> None:
-        """``waits``: why the check cannot hold yet; a failure is then WAITS, not FAIL."""
-        status = PASS if ok else WAITS if waits else FAIL
-        self.items.append({"check": name, "status": status, "detail": detail + (f" ({waits})" if waits and not ok
-                                                                                else "")})
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.items.append({"check": name, "status": PASS if ok else FAIL, "detail": detail})
 
     def failed(self) -> bool:
         return any(i["status"] == FAIL for i in self.items)
@@ -723,7 +715,6 @@ class Bench:
                                            attested_since=self.stamp),
                 rows=lambda r: sum(self.expect[t.name].rows for t in self.processed(r.per_column)),
                 refs=lambda r: r.scanned)
-            self.skipped = list(first.skipped_columns)
             self.check_cutover(first)
             again = self.run(
                 "cutover re-run", lambda: cutover(policy, ledger, dst_region=tokyo, database_url=self.url["app"],
@@ -749,11 +740,6 @@ class Bench:
             ledger.dispose()
 
     # -- checks
-    def waits(self, t: Table) -> str | None:
-        if t.label in self.skipped:
-            return f"{t.label} is in CutoverResult.skipped_columns: the engine does not rewrite {t.kind} yet"
-        return None
-
     def check_cutover(self, r: Any) -> None:
         self.checks.add("cutover: no conflicts", r.conflicts == 0, f"{r.conflicts} conflict(s)")
         for t in TABLES:
@@ -761,7 +747,7 @@ class Bench:
             col = r.per_column.get(t.label)
             if col is None:
                 self.checks.add(f"cutover {t.label}: every proven reference rewritten", False,
-                                f"not processed; {e.proven:,} proven references stay overseas", self.waits(t))
+                                f"not processed; {e.proven:,} proven references stay overseas")
                 continue
             # A URL cell is one reference; a text or JSON cell may hold two: either count is accepted.
             ok = col["rewritten"] in (e.proven, e.cells_with_proven)
@@ -778,7 +764,7 @@ class Bench:
             self.sampled[t.name] = {"rows": sampled, "overseas_left": overseas, "domestic_missing": missing}
             self.checks.add(f"after cutover, sample of {t.name}: no overseas URL but gone/",
                             overseas == 0 and missing == 0, f"{sampled:,} rows sampled: {overseas:,} still hold an overseas URL, {missing:,} proven "
-                            "reference(s) without their domestic URL", self.waits(t))
+                            "reference(s) without their domestic URL")
 
     def check_rerun(self, first: Any, again: Any) -> None:
         self.checks.add("cutover re-run: nothing rewritten", again.rewritten == 0 and again.conflicts == 0,
@@ -790,14 +776,9 @@ class Bench:
         by = report.by_reason
         self.checks.add("residual: every gone/ reference not_in_scope", by.get("not_in_scope", 0) == self.gone_total,
                         f"{by.get('not_in_scope', 0):,} not_in_scope; seeded {self.gone_total:,}")
-        skipped = [t for t in TABLES if self.waits(t)]
-        left = sum(self.expect[t.name].proven for t in skipped)
         self.checks.add("residual: nothing else blocks", report.residual == self.gone_total,
-                        f"{report.residual:,} residual {by}; expected {self.gone_total:,}",
-                        f"{left:,} proven references in {', '.join(t.label for t in skipped)} not rewritten"
-                        if skipped and report.residual == self.gone_total + left
-                        and by.get("not_rewritten", 0) == left else None)
-        proven_done = sum(self.expect[t.name].proven for t in TABLES if not self.waits(t))
+                        f"{report.residual:,} residual {by}; expected {self.gone_total:,}")
+        proven_done = sum(self.expect[t.name].proven for t in TABLES)
         self.checks.add("residual: rewritten references are proven domestic copies", report.domestic_ok == proven_done,
                         f"domestic_ok {report.domestic_ok:,}; rewritten references {proven_done:,}")
         self.checks.add("residual: every reference seen", report.references == self.refs_total,
@@ -814,11 +795,9 @@ class Bench:
         self.digests_back = table_digests(self.dsn["app"])
         for t in TABLES:
             same = self.digests_back[t.name] == self.digests_seed[t.name]
-            touched = not self.waits(t)
             self.checks.add(f"rollback: {t.name} byte-identical to the seed", same,
                             f"md5 {self.digests_back[t.name]} {'==' if same else '!='} seed "
-                            f"{self.digests_seed[t.name]}" + ("" if touched else
-                                                              "; trivially: the cutover never touched it"))
+                            f"{self.digests_seed[t.name]}")
 
     # -- output
     def figures(self) -> dict[str, Any]:
@@ -826,7 +805,6 @@ class Bench:
             "refs": self.refs_total, "gone_refs": self.gone_total, "objects": self.objects,
             "batch_size": self.args.batch_size,
             "tables": {k: asdict(v) for k, v in self.expect.items()},
-            "skipped_columns": self.skipped,
             "seed_seconds": {"ledger": self.seed_ledger_seconds, "app": self.seed_app_seconds},
             "phases": {p.name: {
                 "seconds": p.seconds, "rows": p.rows, "rows_per_s": p.rows_per_s, "refs": p.refs,
@@ -857,9 +835,6 @@ def report(fig: dict[str, Any]) -> None:
           + (f"every {fig['analyze_every_seconds']:g}s ({fig['analyze_runs']} times)" if fig["analyze_every_seconds"]
              else "only after seeding" + (" (autovacuum off: the journal tables never get statistics)"
                                           if server["autovacuum"] != "on" else "")))
-    if fig["skipped_columns"]:
-        print(f"NOT REWRITTEN by this engine (CutoverResult.skipped_columns): {', '.join(fig['skipped_columns'])}; "
-              "the cutover figures cover the url column only")
     head = ("phase", "seconds", "rows", "rows/s", "refs", "refs/s", "SQL s (app/ledger)", "commits", "peak RSS")
     rows = []
     for name, p in fig["phases"].items():
@@ -891,7 +866,7 @@ def report(fig: dict[str, Any]) -> None:
         print(f"  {c['status']:<5}  {c['check']}: {c['detail']}")
     print("rows/s: application rows the phase read (cutover: rows of the columns it processes; rollback: journal "
           "rows it handled); refs/s: the phase's own count (CutoverResult.scanned, ResidualReport.references, "
-          "RollbackResult.restored). WAITS: cannot hold until text and JSON are rewritten. Times are noisy "
+          "RollbackResult.restored). Times are noisy "
           f"({fig['cpus']} CPUs shared with PostgreSQL; load average {fig['load_average_at_end']:.1f}).")
 
 

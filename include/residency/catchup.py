@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from . import inventory, transfer
@@ -53,19 +53,13 @@ class CatchUpResult:
     remaining: int
     dry_run: bool = False
     final: bool = False
-    copied_total: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "copied_total", sum(p.copied for p in self.passes))
 
     @property
     def delta(self) -> int:
         return sum(p.new + p.changed for p in self.passes)
 
     def summary(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["delta"] = self.delta
-        return out
+        return dict(asdict(self), delta=self.delta, copied=sum(p.copied for p in self.passes))
 
 
 def catch_up(

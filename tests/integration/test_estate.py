@@ -85,10 +85,8 @@ def _url_cells(db_url: str, columns: dict[str, tuple[str, ...]] = URL_COLUMNS) -
 
 def _embedded(db_url: str) -> list:
     """URLs inside the text and JSON columns (chat text, user settings), parsed."""
-    cells = _url_cells(db_url, {"messages": ("body",), "users": ("settings",)})
-    kinds = ["text"] * (len(cells) - len(_url_cells(db_url, {"users": ("settings",)}))) + ["json"] * len(
-        _url_cells(db_url, {"users": ("settings",)}))
-    return [spot.parsed for cell, kind in zip(cells, kinds) for spot in locate(cell or "", kind, ())]
+    return [spot.parsed for table, column, kind in (("messages", "body", "text"), ("users", "settings", "json"))
+            for cell in _url_cells(db_url, {table: (column,)}) for spot in locate(cell or "", kind, ())]
 
 
 def test_buckets_are_in_their_regions(estate: Estate) -> None:

@@ -125,6 +125,18 @@ def test_good_policy_parses(tmp_path):
         pytest.param("sources.0.inventory_report", "gs://reports/manifest.json", "sources[0].inventory_report",
                      id="report on gcs"),
         pytest.param("transfer.shard_mb", 0, "transfer.shard_mb", id="shard bytes zero"),
+        pytest.param("cutover", {"catch_up_passes": -1}, "cutover.catch_up_passes", id="negative catch-up passes"),
+        pytest.param("cutover", {"freeze": "yes"}, "cutover.freeze", id="freeze not a boolean"),
+        pytest.param("cutover", {"thaw": True}, "cutover.thaw", id="unknown cutover field"),
+        pytest.param("references.columns.0", {"table": "photos", "key": "id", "column": "url", "paths": ["$.a"]},
+                     "references.columns[0].paths", id="paths on a url column"),
+        pytest.param("references.columns.0", {"table": "t", "key": "id", "column": "doc", "kind": "json",
+                                              "paths": ["$.a", "avatar.url"]},
+                     "references.columns[0].paths[1]", id="json path without $"),
+        pytest.param("references.discover", {"schemas": ["bad schema"]}, "references.discover.schemas",
+                     id="discover schema not an identifier"),
+        pytest.param("references.discover", {"exclude": ["a.b.c"]}, "references.discover.exclude",
+                     id="discover exclude too deep"),
     ],
 )
 def test_bad_field_is_named_with_its_value(path, value, field):
@@ -261,3 +273,16 @@ def test_approvals_default_then_per_step():
     assert policy.approvals["cutover"].approvers == ("alice",) and policy.approvals["cutover"].timeout_hours == 48
     assert policy.approvals["revoke"].approvers == ("carol", "dave") and policy.approvals["revoke"].timeout_hours == 48
     assert parse_policy(GOOD).approvals["cutover"].approvers == ()  # default: any user allowed to answer
+
+
+def test_cutover_and_discovery_defaults_and_json_paths():
+    policy = parse_policy(GOOD)
+    assert (policy.cutover.catch_up_passes, policy.cutover.freeze) == (3, False)
+    assert policy.references.discover is not None and policy.references.discover.schemas == (None,)
+    doc = with_change("references.discover", False)
+    doc["references"]["columns"].append({"table": "users", "key": "id", "column": "prefs", "kind": "json",
+                                         "paths": ["$.avatar.url", "$..href"]})
+    doc["cutover"] = {"catch_up_passes": 0, "freeze": True}
+    policy = parse_policy(doc)
+    assert policy.references.discover is None and policy.references.columns[1].paths == ("$.avatar.url", "$..href")
+    assert (policy.cutover.catch_up_passes, policy.cutover.freeze) == (0, True)

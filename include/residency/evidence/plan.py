@@ -146,7 +146,7 @@ def _references(cutover: Mapping[str, Any]) -> dict[str, Any]:
     return {"would_rewrite": int(cutover.get("rewritten") or 0) + pending,
             "already_rewritten": int(cutover.get("already_rewritten") or 0),
             "would_stay": sum(int(v) for v in by_reason.values()), "would_stay_by_reason": by_reason,
-            "columns": sorted(cutover.get("per_column") or {}), "skipped_columns": cutover.get("skipped_columns") or []}
+            "columns": sorted(cutover.get("per_column") or {})}
 
 
 def _phase_of_run(ledger: Ledger, mid: str, phase: str, run_id: str | None) -> dict[str, Any] | None:

@@ -641,7 +641,6 @@ def _references(
                                                       "conflicts", "repointed")},
             "residual_by_reason": _jsonable(dict(res.get("residual_by_reason") or {})),
             "per_column": _jsonable(res.get("per_column")),
-            "skipped_columns": _jsonable(res.get("skipped_columns") or []),
         }
     rollback = None
     if rollback_row and (cutover_row is None or rollback_row["id"] > cutover_row["id"]):

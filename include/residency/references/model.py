@@ -71,7 +71,6 @@ class CutoverResult:
     domestic copy to another after the destination plan changed. In a dry run
     ``rewritten`` counts what would be rewritten and ``conflicts`` is 0.
     Counts are of references (a text cell may hold several), ``ignored`` of cells.
-    ``skipped_columns`` is kept for readers of older results: always empty now.
     """
 
     scanned: int
@@ -85,7 +84,6 @@ class CutoverResult:
     conflicts: int = 0
     ignored: int = 0
     repointed: int = 0
-    skipped_columns: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
