@@ -236,6 +236,7 @@ def residency_migration():
     cut >> unfrozen
     revoke_proposal = propose_revoke(the_plan)
     cut >> revoke_proposal
+    unfrozen >> revoke_proposal  # both edit source bucket policies: never at the same time
     approve_revoke = PolicyApprovalOperator(task_id="approve_revoke", step="revoke",
                                             proposal_task_id="propose_revoke", retries=0)
     revoked = revoke(the_plan)

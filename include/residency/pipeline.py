@@ -11,13 +11,17 @@ Credentials come through a ``credentials(conn_id)`` callable: the DAG passes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from . import __version__, attest, catchup, evidence, freeze, inventory, references, revocation, s3inventory, transfer
+from . import (
+    __version__, attest, catchup, evidence, foreign_access, freeze, inventory, references, revocation, s3inventory,
+    transfer,
+)
 from .clients import AwsCredentials, DatabaseCredentials, GcsCredentials
 from .evidence.report import human_bytes
 from .errors import JurisdictionError, PolicyError, ResidencyError, StoreError
@@ -252,10 +256,13 @@ def preflight(rt: Runtime) -> dict[str, Any]:
             location=placement.location, jurisdiction=placement.jurisdiction, placement_source=placement.source,
         )
     problems.extend(_preflight_references(rt))
-    if policy.revocations:
+    named = tuple(p for p in policy.revocations if p.user and not p.tag)
+    if named:  # users selected by tag or account are found at revocation time
         problems.extend(revocation.preflight_check(
-            policy, rt.ledger, iam_credentials=rt.credentials, probe_credentials=rt.credentials,
+            dataclasses.replace(policy, revocations=named), rt.ledger, iam_credentials=rt.credentials,
+            probe_credentials=rt.credentials,
         ))
+    problems.extend(foreign_access.preflight_gcs(policy, rt.ledger, rt.credentials))
     if problems:
         rt.ledger.audit(policy.migration_id, "preflight.refused", {"problems": problems})
         for problem in problems:
@@ -479,28 +486,16 @@ def propose_cutover(rt: Runtime) -> dict[str, Any]:
 
 
 def propose_revoke(rt: Runtime) -> dict[str, Any]:
-    """What approving the revocation will do: every key that would be deactivated and
-    deleted, read-only (IAM listing and a probe before)."""
+    """What approving the revocation will do: every access path that would change, read-only
+    (listings, the policies as they are, and the attempts before)."""
     rt.begin("propose revoke")
     mid = rt.policy.migration_id
-    lines = [f"**Revocation of foreign credentials, migration `{mid}`**", ""]
-    keys: list[dict[str, Any]] = []
-    if rt.policy.revocations:
-        result = revocation.revoke(rt.policy, rt.ledger, iam_credentials=rt.credentials,
-                                   probe_credentials=rt.credentials, dry_run=True)
-        keys = [{"user": k.user, "access_key_id": k.access_key_id, "already_revoked": k.already_revoked,
-                 "probe_allowed_now": bool(k.probe_before and k.probe_before.get("allowed"))}
-                for k in result.revocations]
-        lines += ["Approving deactivates and then deletes these access keys, then proves each revoked by a denied "
-                  "access attempt with the key itself:", "",
-                  "| IAM user | access key | state | probe now |", "|---|---|---|---|"]
-        lines += [f"| {k['user']} | `{k['access_key_id']}` | "
-                  f"{'already revoked' if k['already_revoked'] else 'active: will be revoked'} | "
-                  f"{'allowed' if k['probe_allowed_now'] else 'not probed or refused'} |" for k in keys]
-    else:
-        lines.append("The policy names no foreign principals: nothing would be revoked.")
+    summary = foreign_access.revoke_all(rt.policy, rt.ledger, credentials=rt.credentials, dry_run=True)
+    lines = [f"**Closing every foreign access path, migration `{mid}`**", ""] + foreign_access.plan_markdown(summary)
     lines += ["", "Rejecting stops the run before any credential changes; the evidence records the rejection."]
-    return rt.end("propose_revoke", {"markdown": "\n".join(lines), "keys": keys})
+    keys = [{"user": r["principal"].rsplit("/", 1)[-1], "access_key_id": r["credential_id"],
+             "already_revoked": r["outcome"] == "already_revoked"} for r in summary["paths"] if r["kind"] == "access_key"]
+    return rt.end("propose_revoke", {"markdown": "\n".join(lines), "keys": keys, "paths": summary["paths"]})
 
 
 def record_approval(rt: Runtime, step: str, response: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -555,13 +550,11 @@ def cutover(rt: Runtime) -> dict[str, Any]:
 
 def revoke(rt: Runtime) -> dict[str, Any]:
     require_approval(rt, "revoke")
-    if not rt.policy.revocations:
+    if not rt.policy.principals:
         return rt.end("revoke", {"skipped": "the policy names no principals"})
-    rt.begin("revoke", f" principals {', '.join(p.user for p in rt.policy.revocations)}")
-    result = revocation.revoke(
-        rt.policy, rt.ledger, iam_credentials=rt.credentials, probe_credentials=rt.credentials, dry_run=rt.dry_run
-    )
-    return rt.end("revoke", asdict(result))
+    rt.begin("revoke", f" principals {'; '.join(p.label for p in rt.policy.principals)}")
+    return rt.end("revoke", foreign_access.revoke_all(rt.policy, rt.ledger, credentials=rt.credentials,
+                                                      dry_run=rt.dry_run))
 
 
 def software_versions() -> dict[str, str]:

@@ -257,16 +257,68 @@ class Cutover:
 
 @dataclass(frozen=True)
 class Principal:
+    """A foreign AWS party, selected by IAM user name, by user tag, or by account (at least one).
+
+    ``user``/``tag`` select IAM users of our account: their access keys, console
+    login profile and sessions are revoked, and trust entries naming them are
+    removed from our roles. ``account`` (a 12-digit id) selects grants to that
+    account: trust entries, bucket-policy statements and ACL grants
+    (``canonical_ids``) on the policy's S3 buckets.
+    """
+
     provider: str  # aws
-    conn_id: str  # credentials allowed to manage the principal's keys
-    user: str
+    conn_id: str  # credentials allowed to manage the principal's keys, roles and bucket policies
+    user: str | None
     access_keys: tuple[str, ...] | None  # None: every key of the user
     probe_conn_id: str | None  # the foreign party's own credentials, for the denial proof
     probe_uri: str | None  # what the probe tries to read
+    tag: tuple[str, str] | None = None  # (key, value): every IAM user carrying this tag
+    account: str | None = None  # a foreign AWS account id
+    canonical_ids: tuple[str, ...] = ()  # the foreign account's canonical user ids (ACL grantees)
+    delete_after_hours: float = 0.0  # soak between deactivating a key and deleting it
+    index: int = 0  # its place in the policy's ``revoke`` list (for field names in errors)
+
+    @property
+    def label(self) -> str:
+        parts = [f"user {self.user}" if self.user else "", f"tag {self.tag[0]}={self.tag[1]}" if self.tag else "",
+                 f"account {self.account}" if self.account else ""]
+        return "aws " + ", ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class GcsPrincipal:
+    """A foreign Google Cloud party: service accounts by email, or every member of a domain.
+
+    Its HMAC keys and service-account keys are deactivated, then deleted, and its
+    members are removed from the IAM bindings of the policy's GCS buckets.
+    """
+
+    conn_id: str  # admin credentials: manage HMAC keys, bucket IAM, service-account keys
+    project: str  # the project holding the HMAC keys and service accounts
+    service_accounts: tuple[str, ...]  # selected by name (emails); may be empty when domain is given
+    domain: str | None  # selected by domain: emails ending with @<domain>, and ``domain:<domain>`` members
+    hmac_keys: tuple[str, ...] | None  # None: every HMAC key of the selected service accounts
+    hmac_probe_conn_id: str | None  # an aws-type connection holding a foreign HMAC key (the XML API)
+    member_probe_conn_id: str | None  # a google_cloud_platform connection holding a foreign SA key file
+    probe_uri: str | None  # gs://bucket[/prefix] both probes try to list
+    provider: str = "gcs"
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        who = list(self.service_accounts) + ([f"*@{self.domain}"] if self.domain else [])
+        return "gcs " + ", ".join(who)
+
+
+@dataclass(frozen=True)
+class Purge:
+    """``purge: {soak_hours}``: how long after the cutover the overseas copies may be deleted."""
+
+    soak_hours: float = 24.0
 
 
 #: The irreversible steps a human approves in the Airflow UI before they happen.
-APPROVAL_STEPS = ("cutover", "revoke", "rollback")
+APPROVAL_STEPS = ("cutover", "revoke", "rollback", "purge")
 
 
 @dataclass(frozen=True)
@@ -288,12 +340,19 @@ class Policy:
     selection: Selection
     transfer: Transfer
     references: References | None
-    revocations: tuple[Principal, ...]
+    revocations: tuple[Principal, ...]  # aws principals
     control_dir: str
     ledger_url: str | None
     ledger_conn_id: str | None = None
     approvals: Mapping[str, ApprovalRule] = field(default_factory=lambda: {s: ApprovalRule() for s in APPROVAL_STEPS})
     cutover: Cutover = field(default_factory=Cutover)
+    gcs_revocations: tuple[GcsPrincipal, ...] = ()
+    purge: Purge = field(default_factory=Purge)
+
+    @property
+    def principals(self) -> tuple[Principal | GcsPrincipal, ...]:
+        """Every foreign principal, in the order of the policy's ``revoke`` list."""
+        return tuple(sorted((*self.revocations, *self.gcs_revocations), key=lambda p: p.index))
 
     def destination_for(self, source: Source) -> Destination:
         return self.destinations[source.to]
@@ -330,7 +389,7 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
     _no_unknown(doc, "", {
         "migration_id", "home_jurisdiction", "sources", "destinations", "selection",
         "transfer", "references", "revoke", "control_dir", "ledger_url", "ledger_conn_id", "approvals",
-        "cutover",
+        "cutover", "purge",
     })
     base = Path(path).parent if path != "<memory>" else Path.cwd()
 
@@ -346,7 +405,7 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
     selection = _selection(doc.get("selection") or {})
     transfer = _transfer(doc.get("transfer") or {})
     references = _references(doc.get("references"), base)
-    principals = _principals(doc.get("revoke") or [])
+    principals, gcs_principals = _principals(doc.get("revoke") or [])
 
     control_dir = doc.get("control_dir", ".residency")
     if not isinstance(control_dir, str) or not control_dir:
@@ -367,8 +426,19 @@ def parse_policy(doc: Any, path: str = "<memory>", sha256: str = "") -> Policy:
         sources=sources, destinations=destinations, selection=selection, transfer=transfer,
         references=references, revocations=principals, control_dir=str(control), ledger_url=ledger_url,
         ledger_conn_id=ledger_conn_id, approvals=_approvals(doc.get("approvals") or {}),
-        cutover=_cutover(doc.get("cutover") or {}),
+        cutover=_cutover(doc.get("cutover") or {}), gcs_revocations=gcs_principals,
+        purge=_purge(doc.get("purge") or {}),
     )
+
+
+def _purge(raw: Any) -> Purge:
+    if not isinstance(raw, dict):
+        raise PolicyError("purge", raw, "expected a mapping")
+    _no_unknown(raw, "purge.", {"soak_hours"})
+    soak = raw.get("soak_hours", 24)
+    if isinstance(soak, bool) or not isinstance(soak, (int, float)) or not 0 <= soak <= 24 * 365:
+        raise PolicyError("purge.soak_hours", soak, "expected hours from 0 to 8760 (a year)")
+    return Purge(float(soak))
 
 
 def _cutover(raw: Any) -> Cutover:
@@ -783,37 +853,115 @@ def _accepted(raw: Any) -> tuple[AcceptedResidual, ...]:
     return tuple(out)
 
 
-def _principals(raw: Any) -> tuple[Principal, ...]:
+_ACCOUNT = re.compile(r"^[0-9]{12}$")
+_CANONICAL_ID = re.compile(r"^[0-9a-f]{64}$")
+_EMAIL = re.compile(r"^[a-z0-9][a-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$")
+_DOMAIN = re.compile(r"^(?=.{3,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+_HMAC_ID = re.compile(r"^[A-Za-z0-9]{16,128}$")
+_GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+
+def _principals(raw: Any) -> tuple[tuple[Principal, ...], tuple[GcsPrincipal, ...]]:
     if not isinstance(raw, list):
         raise PolicyError("revoke", raw, "expected a list of principals")
-    out = []
+    aws: list[Principal] = []
+    gcs: list[GcsPrincipal] = []
     for i, item in enumerate(raw):
-        prefix = f"revoke[{i}]."
         if not isinstance(item, dict):
             raise PolicyError(f"revoke[{i}]", item, "expected a mapping")
-        _no_unknown(item, prefix, {"provider", "conn_id", "user", "access_keys", "probe_conn_id", "probe_uri"})
         provider = item.get("provider", "aws")
-        if provider != "aws":
-            raise PolicyError(f"{prefix}provider", provider, "only 'aws' IAM users are supported")
-        user = _req(item, "user", str, prefix)
-        if not _IAM_NAME.match(user):
-            raise PolicyError(f"{prefix}user", user, "not a valid IAM user name")
-        keys = item.get("access_keys", "all")
-        if keys == "all":
-            key_ids = None
-        elif isinstance(keys, list) and keys and all(isinstance(k, str) and _ACCESS_KEY.match(k) for k in keys):
-            key_ids = tuple(keys)
+        if provider == "aws":
+            aws.append(_aws_principal(i, item))
+        elif provider == "gcs":
+            gcs.append(_gcs_principal(i, item))
         else:
-            raise PolicyError(f"{prefix}access_keys", keys, "expected 'all' or a list of access key ids")
-        probe_uri = item.get("probe_uri")
-        if probe_uri is not None:
-            if not isinstance(probe_uri, str):
-                raise PolicyError(f"{prefix}probe_uri", probe_uri, "expected an s3:// URI")
-            if parse_uri(probe_uri, f"{prefix}probe_uri").provider != "s3":
-                raise PolicyError(f"{prefix}probe_uri", probe_uri,
-                                  "an aws principal is probed on an s3:// URI: its key cannot prove anything on GCS")
-        probe_conn = _conn_id(item, "probe_conn_id", prefix, required=False)
-        if probe_conn and not probe_uri:
-            raise PolicyError(f"{prefix}probe_uri", None, "required when probe_conn_id is given")
-        out.append(Principal(provider, _conn_id(item, "conn_id", prefix), user, key_ids, probe_conn, probe_uri))
-    return tuple(out)
+            raise PolicyError(f"revoke[{i}].provider", provider, "expected 'aws' or 'gcs'")
+    return tuple(aws), tuple(gcs)
+
+
+def _probe_uri(item: Mapping[str, Any], prefix: str, provider: str) -> str | None:
+    probe_uri = item.get("probe_uri")
+    if probe_uri is None:
+        return None
+    scheme = "s3" if provider == "aws" else "gs"
+    if not isinstance(probe_uri, str):
+        raise PolicyError(f"{prefix}probe_uri", probe_uri, f"expected a {scheme}:// URI")
+    if parse_uri(probe_uri, f"{prefix}probe_uri").provider != scheme:
+        raise PolicyError(f"{prefix}probe_uri", probe_uri,
+                          f"an {provider} principal is probed on a {scheme}:// URI: its credentials cannot prove "
+                          "anything on the other provider")
+    return probe_uri
+
+
+def _aws_principal(i: int, item: Mapping[str, Any]) -> Principal:
+    prefix = f"revoke[{i}]."
+    _no_unknown(item, prefix, {"provider", "conn_id", "user", "tag", "account", "canonical_ids", "access_keys",
+                               "probe_conn_id", "probe_uri", "delete_after_hours"})
+    user = item.get("user")
+    if user is not None and (not isinstance(user, str) or not _IAM_NAME.match(user)):
+        raise PolicyError(f"{prefix}user", user, "not a valid IAM user name")
+    tag = item.get("tag")
+    if tag is not None:
+        if (not isinstance(tag, dict) or len(tag) != 1
+                or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in tag.items())):
+            raise PolicyError(f"{prefix}tag", tag, "expected one tag as {key: value}")
+        tag = next(iter(tag.items()))
+    account = item.get("account")
+    if account is not None:
+        account = str(account) if isinstance(account, int) and not isinstance(account, bool) else account
+        if not isinstance(account, str) or not _ACCOUNT.match(account):
+            raise PolicyError(f"{prefix}account", item.get("account"), "expected a 12-digit AWS account id")
+    if user is None and tag is None and account is None:
+        raise PolicyError(f"revoke[{i}]", dict(item), "select the principal by user, tag or account")
+    canonical = item.get("canonical_ids", [])
+    if not isinstance(canonical, list) or not all(isinstance(c, str) and _CANONICAL_ID.match(c) for c in canonical):
+        raise PolicyError(f"{prefix}canonical_ids", canonical, "expected a list of 64-hex-digit canonical user ids")
+    keys = item.get("access_keys", "all")
+    if keys == "all":
+        key_ids = None
+    elif isinstance(keys, list) and keys and all(isinstance(k, str) and _ACCESS_KEY.match(k) for k in keys):
+        if user is None:
+            raise PolicyError(f"{prefix}access_keys", keys, "naming keys needs a user; with tag or account use 'all'")
+        key_ids = tuple(keys)
+    else:
+        raise PolicyError(f"{prefix}access_keys", keys, "expected 'all' or a list of access key ids")
+    soak = item.get("delete_after_hours", 0)
+    if isinstance(soak, bool) or not isinstance(soak, (int, float)) or not 0 <= soak <= 24 * 90:
+        raise PolicyError(f"{prefix}delete_after_hours", soak, "expected hours from 0 to 2160 (90 days)")
+    probe_uri = _probe_uri(item, prefix, "aws")
+    probe_conn = _conn_id(item, "probe_conn_id", prefix, required=False)
+    if probe_conn and not probe_uri:
+        raise PolicyError(f"{prefix}probe_uri", None, "required when probe_conn_id is given")
+    return Principal("aws", _conn_id(item, "conn_id", prefix), user, key_ids, probe_conn, probe_uri,
+                     tag=tag, account=account, canonical_ids=tuple(canonical), delete_after_hours=float(soak), index=i)
+
+
+def _gcs_principal(i: int, item: Mapping[str, Any]) -> GcsPrincipal:
+    prefix = f"revoke[{i}]."
+    _no_unknown(item, prefix, {"provider", "conn_id", "project", "service_accounts", "domain", "hmac_keys",
+                               "hmac_probe_conn_id", "member_probe_conn_id", "probe_uri"})
+    project = _req(item, "project", str, prefix)
+    if not _GCP_PROJECT.match(project):
+        raise PolicyError(f"{prefix}project", project, "not a valid Google Cloud project id")
+    accounts = item.get("service_accounts", [])
+    if not isinstance(accounts, list) or not all(isinstance(a, str) and _EMAIL.match(a) for a in accounts):
+        raise PolicyError(f"{prefix}service_accounts", accounts, "expected a list of service-account emails")
+    domain = item.get("domain")
+    if domain is not None and (not isinstance(domain, str) or not _DOMAIN.match(domain)):
+        raise PolicyError(f"{prefix}domain", domain, "expected a domain name such as affiliate.example")
+    if not accounts and domain is None:
+        raise PolicyError(f"revoke[{i}]", dict(item), "select the principal by service_accounts or domain")
+    keys = item.get("hmac_keys", "all")
+    if keys == "all":
+        hmac = None
+    elif isinstance(keys, list) and keys and all(isinstance(k, str) and _HMAC_ID.match(k) for k in keys):
+        hmac = tuple(keys)
+    else:
+        raise PolicyError(f"{prefix}hmac_keys", keys, "expected 'all' or a list of HMAC access ids")
+    probe_uri = _probe_uri(item, prefix, "gcs")
+    hmac_probe = _conn_id(item, "hmac_probe_conn_id", prefix, required=False)
+    member_probe = _conn_id(item, "member_probe_conn_id", prefix, required=False)
+    if (hmac_probe or member_probe) and not probe_uri:
+        raise PolicyError(f"{prefix}probe_uri", None, "required when a probe connection is given")
+    return GcsPrincipal(_conn_id(item, "conn_id", prefix), project, tuple(accounts), domain, hmac, hmac_probe,
+                        member_probe, probe_uri, index=i)

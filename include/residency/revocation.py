@@ -49,9 +49,11 @@ Secret keys never appear in logs or proofs; access key ids do.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Callable, Mapping
 
@@ -136,6 +138,8 @@ class KeyRevocation:
     status: ProofStatus = ProofStatus.NOT_PROVEN
     reason: str = ""
     probe_key: str | None = None
+    last_used: dict[str, Any] | None = None  # IAM's GetAccessKeyLastUsed, read before the key was touched
+    delete_due: str | None = None  # deactivated, deletion due at this time (``delete_after_hours``)
 
     def proof(self) -> dict[str, Any]:
         """The proof as :meth:`Ledger.record_revocation` stores it.
@@ -148,6 +152,10 @@ class KeyRevocation:
             "before": self.probe_before, "after": self.probe_after,
             "deactivated": self.deactivated, "deleted": self.deleted or self.already_revoked,
             "already_revoked": self.already_revoked, "user": self.user, "probe_key": self.probe_key,
+            "kind": "access_key", "method": "denied_attempt", "last_used": self.last_used,
+            "delete_due": self.delete_due,
+            "outcome": ("already_revoked" if self.already_revoked else "revoked" if self.deleted
+                        else "pending" if self.delete_due else "would_revoke"),
         }
 
 
@@ -176,6 +184,7 @@ class _History:
 
     revoked: set[tuple[str, str]]  # (principal, key id) deleted, or whose deletion started
     befores: dict[tuple[str, str], list[dict[str, Any]]]  # allowed before-probes made with that key
+    deactivated: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # -> when (soak start)
 
 
 @dataclass(frozen=True)
@@ -395,6 +404,7 @@ def _history(ledger: Ledger, migration_id: str) -> _History:
     """Keys this migration deleted, or started deleting, and the allowed before-probes it recorded."""
     revoked: set[tuple[str, str]] = set()
     befores: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    deactivated: dict[tuple[str, str], str] = {}
 
     def keep(principal: str, key_id: str, before: Any) -> None:
         if isinstance(before, Mapping) and before.get("allowed") is True and before.get("access_key_id") == key_id:
@@ -413,7 +423,10 @@ def _history(ledger: Ledger, migration_id: str) -> _History:
             data = json.loads(record["data"])
             revoked.add((data.get("principal"), data.get("access_key_id")))
             keep(data.get("principal"), data.get("access_key_id"), data.get("before"))
-    return _History(revoked, befores)
+        elif record["event"] == "revoke.key.deactivated":
+            data = json.loads(record["data"])
+            deactivated.setdefault((data.get("principal"), data.get("access_key_id")), data.get("at"))
+    return _History(revoked, befores, deactivated)
 
 
 def _plan(
@@ -551,10 +564,12 @@ def _execute(
     assert plan.iam is not None  # a plan without IAM credentials has a problem and never runs
     iam = plan.iam.client("iam")
     done: list[tuple[str, bool, bool]] = []  # key, deactivated, deleted
+    soak = timedelta(hours=principal.delete_after_hours)
+    last_used: dict[str, dict[str, Any] | None] = {}
+    due: dict[str, str] = {}
     for key_id in plan.targets:
-        ledger.audit(migration_id, "revoke.key.start", {
-            "principal": plan.name, "access_key_id": key_id, "before": before if key_id == probe_key else None,
-        })
+        last_used[key_id] = _last_used(iam, key_id, principal.user)
+        log.info("access key %s of IAM user %s was last used: %s", key_id, principal.user, last_used[key_id] or "never")
         deactivated = False
         if plan.listed.get(key_id) != "Inactive":
             _iam_call(
@@ -565,6 +580,22 @@ def _execute(
             log.info("deactivated access key %s of IAM user %s", key_id, principal.user)
         else:
             log.info("access key %s of IAM user %s was already inactive", key_id, principal.user)
+        if soak:
+            since = history.deactivated.get((plan.name, key_id))
+            if since is None:
+                since = now()
+                ledger.audit(migration_id, "revoke.key.deactivated", {
+                    "principal": plan.name, "access_key_id": key_id, "at": since, "last_used": last_used[key_id]})
+            when = datetime.fromisoformat(since) + soak
+            if datetime.fromisoformat(now()) < when:
+                due[key_id] = when.isoformat()
+                log.info("access key %s of IAM user %s stays inactive; deletion due at %s (delete_after_hours %s)",
+                         key_id, principal.user, due[key_id], principal.delete_after_hours)
+                done.append((key_id, deactivated, False))
+                continue
+        ledger.audit(migration_id, "revoke.key.start", {
+            "principal": plan.name, "access_key_id": key_id, "before": before if key_id == probe_key else None,
+        })
         _iam_call(iam.delete_access_key, f"deleting {key_id}", UserName=principal.user, AccessKeyId=key_id)
         log.info("deleted access key %s of IAM user %s", key_id, principal.user)
         done.append((key_id, deactivated, True))
@@ -582,18 +613,21 @@ def _execute(
             status, reason = judge_proof(key_before, after, before_from_earlier_run=earlier)
             rev = KeyRevocation(
                 principal.user, key_id, deactivated, deleted, key_before, after, after["denied"], already,
-                status, reason, probe_key,
+                status, reason + (f" Deletion is due at {due[key_id]}." if key_id in due else ""), probe_key,
+                last_used.get(key_id), due.get(key_id),
             )
         else:
             held = (
                 f"the probe connection {principal.probe_conn_id} holds key {probe_key}, not this one"
                 if probe_key else "no probe is configured for this principal (probe_conn_id)"
             )
-            gone = "IAM no longer lists it (deleted by an earlier run)" if already else "IAM accepted its deletion"
+            gone = ("IAM no longer lists it (deleted by an earlier run)" if already else
+                    f"it is inactive, deletion due at {due[key_id]}" if key_id in due else "IAM accepted its deletion")
             rev = KeyRevocation(
                 principal.user, key_id, deactivated, deleted, None, None, None, already,
                 ProofStatus.NOT_PROVEN,
                 f"no probe holds this key ({held}), so no access attempt was made with it; {gone}.", probe_key,
+                last_used.get(key_id), due.get(key_id),
             )
         out.append(_record(ledger, migration_id, plan, key_id, ACTION, rev))
 
@@ -666,6 +700,15 @@ def _log_probe(what: str, plan: _Plan, probe: Mapping[str, Any]) -> None:
         "%s %s with key %s: %s %s -> %s", what, plan.name, probe["access_key_id"], probe["action"], probe["target"],
         _outcome(probe),
     )
+
+
+def _last_used(iam: Any, key_id: str, user: str | None) -> dict[str, Any] | None:
+    """IAM's record of the key's last use (date, service, region), for the evidence; None if never used."""
+    used = _iam_call(lambda **_: iam.get_access_key_last_used(AccessKeyId=key_id),
+                     f"reading the last use of {key_id}", UserName=user).get("AccessKeyLastUsed") or {}
+    if not used.get("LastUsedDate"):
+        return None
+    return {"date": str(used["LastUsedDate"]), "service": used.get("ServiceName"), "region": used.get("Region")}
 
 
 def _iam_call(fn: Callable[..., Any], what: str, **kwargs: Any) -> Any:

@@ -481,7 +481,7 @@ def test_missing_phases_and_dry_run_are_problems(policy, ledger, tmp_path):
         f"Destination {S3_DST} is named in the policy but its location was never recorded",
         "no reference cutover is recorded",
         "No residual scan of the application database was made for this report",
-        "The policy names foreign principals to revoke (affiliate-cn), but no revocation is recorded.",
+        "The policy names foreign principals to revoke (aws user affiliate-cn), but no revocation is recorded.",
         "No attestation was made",
         "The audit log is empty",
         "This report comes from a dry run",

@@ -34,6 +34,7 @@ PRIVATE = "seoul-line-private"  # a bucket the affiliate may not list
 MISSING = "seoul-line-gone"  # no such bucket
 PROOF_FIELDS = {
     "status", "reason", "denied", "before", "after", "deactivated", "deleted", "already_revoked", "user", "probe_key",
+    "kind", "method", "last_used", "delete_due", "outcome",
 }
 PROBE_FIELDS = {"at", "action", "target", "access_key_id", "allowed", "denied", "error_code"}
 

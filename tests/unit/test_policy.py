@@ -117,7 +117,7 @@ def test_good_policy_parses(tmp_path):
         pytest.param("approvals", {"approvers": "alice"}, "approvals.approvers", id="approvers not a list"),
         pytest.param("approvals", {"cutover": {"timeout_hours": 0}}, "approvals.cutover.timeout_hours",
                      id="timeout not positive"),
-        pytest.param("approvals", {"purge": {}}, "approvals.purge", id="unknown approval step"),
+        pytest.param("approvals", {"delete": {}}, "approvals.delete", id="unknown approval step"),
         pytest.param("selection.decide_by", "magic", "selection.decide_by", id="decide_by"),
         pytest.param("sources.0.decide_by", "size", "sources[0].decide_by", id="source decide_by"),
         pytest.param("sources.0.inventory_report", "s3://reports/seoul/data/x.csv.gz", "sources[0].inventory_report",

@@ -64,6 +64,7 @@ def test_proof_record_has_exactly_the_documented_fields() -> None:
                         status=ProofStatus.NOT_PROVEN, reason="why.", probe_key=KEY)
     proof = rev.proof()
     assert set(proof) == {"status", "reason", "denied", "before", "after", "deactivated", "deleted",
-                          "already_revoked", "user", "probe_key"}
+                          "already_revoked", "user", "probe_key", "kind", "method", "last_used", "delete_due",
+                          "outcome"}
     assert proof["status"] == "not_proven" and type(proof["status"]) is str
     assert proof["deleted"] is True  # deleted by an earlier run

@@ -97,8 +97,11 @@ COMPLETE_RULES: tuple[tuple[str, str], ...] = (
                    "overseas bucket (in any URL style, inside text or JSON too) or at a domestic copy that is not "
                    "verified and re-proven, except references the policy accepts with a stated reason; the cutover "
                    "was not rolled back."),
-    ("revocation", "Every foreign credential the policy names was revoked, each with its own proof: an access attempt "
-                   "made with that credential was allowed before the revocation and denied after it."),
+    ("revocation", "Every foreign access path of the policy's principals was closed, each with its own proof: for a "
+                   "credential or a session, an access attempt through it was allowed before the revocation and "
+                   "denied after it; for a grant or a console password, which nothing can attempt through from "
+                   "here, the server's configuration read back without it. A key still inactive during its soak "
+                   "time is not yet revoked."),
     ("jurisdiction", "Every destination bucket lies in the home jurisdiction."),
     ("record", "The audit log's hash chain verifies, and the per-object file lists every object of the ledger."),
     ("real_run", "The report comes from a real run, not a dry run (which changes nothing)."),
@@ -735,16 +738,22 @@ def _revocations(policy: Policy, ledger: Ledger, mid: str, verdict: _Verdict) ->
             proof.setdefault("reason", "recorded by an earlier version without a proof status")
         proof["status"] = status
         proof.setdefault("reason", "")
+        proof.setdefault("kind", "access_key")
+        proof.setdefault("method", "denied_attempt")
         records.append({"principal": r["principal"], "credential_id": r["credential_id"], "action": r["action"],
-                        "at": r["at"], "proof": _jsonable(proof)})
-        who = f"Credential {r['credential_id']} of {r['principal']}"
+                        "at": r["at"], "kind": proof["kind"], "proof": _jsonable(proof)})
+        who = f"{str(proof['kind']).replace('_', ' ').capitalize()} {r['credential_id']} of {r['principal']}"
+        if proof.get("outcome") == "pending" and status != "failed":
+            verdict.fail("revocation", f"{who} is inactive but not deleted yet: deletion is due at "
+                                       f"{proof.get('delete_due')} (delete_after_hours).")
+            continue
         if status == "failed":
             verdict.fail("revocation", f"{who} still works: an access attempt after the revocation was allowed. "
                                        f"{proof['reason']}".strip())
         elif status == "not_proven":
             verdict.fail("revocation", f"{who}: revocation not proven. {proof['reason']}".strip())
-    if policy.revocations and not records:
-        names = ", ".join(p.user for p in policy.revocations)
+    if policy.principals and not records:
+        names = "; ".join(p.label for p in policy.principals)
         verdict.fail("revocation", f"The policy names foreign principals to revoke ({names}), but no revocation is "
                                    "recorded.")
     return {"all_proven": bool(records) and all(r["proof"]["status"] == "proven" for r in records),

@@ -91,6 +91,11 @@ GCS_PROJECT = "residency-local"
 ROUTES = ("s3->s3", "s3->gs", "gs->gs", "gs->s3")
 MIGRATOR_USER = "residency-migrator"
 AFFILIATE_USER = "line-affiliate-cn"
+#: The role the affiliate may assume to read the Seoul buckets (a second way in besides its keys).
+AFFILIATE_ROLE = "seoul-media-reader"
+#: The affiliate's own AWS account, granted in a bucket policy and an ACL of the Seoul buckets.
+AFFILIATE_ACCOUNT = "999988887777"
+AFFILIATE_CANONICAL_ID = "a1f0" * 16
 PART_SIZE = 8 * MiB
 
 SCALES = ("small", "demo")
@@ -609,6 +614,27 @@ def _create_user(iam: Any, user: str, policy: str) -> tuple[str, str]:
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
+def _foreign_paths(admin: AwsCredentials, iam: Any) -> None:
+    """The affiliate's other ways in: a console password, a role it may assume, and grants to its
+    own account in the policy and the ACL of the Seoul buckets (issue 10: every path is closed)."""
+    iam.create_login_profile(UserName=AFFILIATE_USER, Password="Seoul-Affiliate-2021!")
+    account = admin.client("sts").get_caller_identity()["Account"]
+    trust = _policy_document([{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": [
+        f"arn:aws:iam::{account}:user/{AFFILIATE_USER}", f"arn:aws:iam::{account}:user/{MIGRATOR_USER}"]}}])
+    iam.create_role(RoleName=AFFILIATE_ROLE, AssumeRolePolicyDocument=trust)
+    iam.put_role_policy(RoleName=AFFILIATE_ROLE, PolicyName="read-seoul", PolicyDocument=_policy_document([
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": _bucket_arns(SOURCE_BUCKETS)}]))
+    s3 = admin.client("s3", SEOUL)
+    s3.put_bucket_policy(Bucket=PHOTOS_BUCKET, Policy=_policy_document([{
+        "Sid": "AffiliateRead", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{AFFILIATE_ACCOUNT}:root"},
+        "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{PHOTOS_BUCKET}/*"}]))
+    acl = s3.get_bucket_acl(Bucket=MEDIA_BUCKET)
+    s3.put_bucket_acl(Bucket=MEDIA_BUCKET, AccessControlPolicy={"Owner": acl["Owner"], "Grants": acl["Grants"] + [
+        {"Grantee": {"Type": "CanonicalUser", "ID": AFFILIATE_CANONICAL_ID}, "Permission": "READ"}]})
+    log.info("estate: affiliate paths: console password, role %s (trusts it), bucket policy of %s granting account "
+             "%s, READ ACL grant on %s", AFFILIATE_ROLE, PHOTOS_BUCKET, AFFILIATE_ACCOUNT, MEDIA_BUCKET)
+
+
 def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
     if path.exists():
         path.unlink()
@@ -706,7 +732,8 @@ references:
     - {{uri: "s3://{PHOTOS_BUCKET}/meta/*", reason: "data exports (JSON) are not media; out of scope by decision"}}
     - {{uri: "s3://{MEDIA_BUCKET}/attachments/2021/03/15/deleted/*", reason: "dangling link: the attachment was deleted in 2021; nothing to migrate"}}
 {accepted_gcs}revoke:
-  - {{provider: aws, conn_id: aws_iam, user: {AFFILIATE_USER}, access_keys: [{affiliate_key}], probe_conn_id: affiliate_probe, probe_uri: s3://{PHOTOS_BUCKET}}}
+  # The affiliate's keys, console password, sessions, the role it may assume, and grants to its account.
+  - {{provider: aws, conn_id: aws_iam, user: {AFFILIATE_USER}, access_keys: [{affiliate_key}], account: "{AFFILIATE_ACCOUNT}", canonical_ids: [{AFFILIATE_CANONICAL_ID}], probe_conn_id: affiliate_probe, probe_uri: s3://{PHOTOS_BUCKET}}}
 """
 
 
@@ -848,14 +875,19 @@ def seed_estate(
         # to one user is therefore not something this estate can prove.
         {"Sid": "RevokeAffiliate", "Effect": "Allow",
          "Action": ["iam:ListAccessKeys", "iam:UpdateAccessKey", "iam:DeleteAccessKey",
-                    "iam:GetAccessKeyLastUsed", "iam:GetUser"],
+                    "iam:GetAccessKeyLastUsed", "iam:GetUser", "iam:ListUsers", "iam:ListUserTags",
+                    "iam:GetLoginProfile", "iam:DeleteLoginProfile", "iam:ListRoles", "iam:GetRole",
+                    "iam:UpdateAssumeRolePolicy", "iam:GetRolePolicy", "iam:PutRolePolicy", "iam:GetUserPolicy",
+                    "iam:PutUserPolicy"],
          "Resource": "*"},
         {"Sid": "WhoAmI", "Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"},
     ]))
     affiliate_id, affiliate_secret = _create_user(iam, AFFILIATE_USER, _policy_document([
         {"Sid": "ReadSeoul", "Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
          "Resource": _bucket_arns(SOURCE_BUCKETS)},
+        {"Sid": "AssumeReader", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"},
     ]))
+    _foreign_paths(admin, iam)
 
     rows = plan.rows()
     if gplan is not None:
