@@ -128,6 +128,8 @@ GCS_MAX_POOL_CONNECTIONS = 32
 
 #: OAuth scope for the Cloud Storage JSON API (read, write, delete, rewrite).
 GCS_SCOPES = ("https://www.googleapis.com/auth/devstorage.full_control",)
+#: OAuth scope for the IAM API (service accounts and their keys).
+CLOUD_PLATFORM_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,11 @@ class GcsCredentials:
     key_path: str | None = None
     keyfile_dict: dict[str, Any] | None = field(default=None, repr=False)
     emulator_host: str | None = None
+    #: The JSON API endpoint for real (non-anonymous) credentials, when not Google's
+    #: (the local cloud's access fake; the key file's ``token_uri`` says where tokens come from).
+    api_endpoint: str | None = None
+    #: The IAM API (service accounts and their keys).
+    iam_endpoint: str = "https://iam.googleapis.com"
 
     def client(self) -> storage.Client:
         """A ``google.cloud.storage.Client``; retries are disabled per call by the store."""
@@ -160,22 +167,40 @@ class GcsCredentials:
             )
         else:
             credentials, project = self._google_credentials()
-            client = storage.Client(project=self.project or project, credentials=credentials)
+            options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
+            client = storage.Client(project=self.project or project, credentials=credentials, client_options=options)
         _size_connection_pool(client, GCS_MAX_POOL_CONNECTIONS)
         return client
 
-    def _google_credentials(self) -> tuple[Any, str | None]:
+    def google_credentials(self, scopes: tuple[str, ...] = GCS_SCOPES) -> Any:
+        """New google-auth credentials (no token yet), or None for an emulator (anonymous)."""
+        if self.emulator_host:
+            return None
+        return self._google_credentials(scopes)[0]
+
+    def http_session(self, scopes: tuple[str, ...] = CLOUD_PLATFORM_SCOPES) -> Any:
+        """A ``requests`` session for other Google APIs (IAM): authorized, or plain for an emulator."""
+        import requests
+
+        creds = self.google_credentials(scopes)
+        if creds is None:
+            return requests.Session()
+        from google.auth.transport.requests import AuthorizedSession
+
+        return AuthorizedSession(creds)
+
+    def _google_credentials(self, scopes: tuple[str, ...] = GCS_SCOPES) -> tuple[Any, str | None]:
         from google.oauth2 import service_account
 
         if self.keyfile_dict is not None:
-            creds = service_account.Credentials.from_service_account_info(self.keyfile_dict, scopes=GCS_SCOPES)
+            creds = service_account.Credentials.from_service_account_info(self.keyfile_dict, scopes=scopes)
             return creds, self.keyfile_dict.get("project_id")
         if self.key_path:
-            creds = service_account.Credentials.from_service_account_file(self.key_path, scopes=GCS_SCOPES)
+            creds = service_account.Credentials.from_service_account_file(self.key_path, scopes=scopes)
             return creds, getattr(creds, "project_id", None)
         import google.auth
 
-        return google.auth.default(scopes=GCS_SCOPES)
+        return google.auth.default(scopes=scopes)
 
     @property
     def identity(self) -> str:
@@ -218,7 +243,9 @@ def gcs_from_fields(conn_id: str, extra: Mapping[str, Any] | None) -> GcsCredent
     ``keyfile_dict`` (a dict, or the JSON text of one), each with or without the
     ``extra__google_cloud_platform__`` prefix. The emulator endpoint comes from the
     extra ``emulator_host``, else from the ``STORAGE_EMULATOR_HOST`` environment
-    variable (the variable google-cloud-storage itself honours).
+    variable (the variable google-cloud-storage itself honours). This project's extras
+    ``api_endpoint`` (JSON API for key-file credentials, e.g. the local cloud's access
+    fake) and ``iam_endpoint`` (IAM API, default ``https://iam.googleapis.com``).
 
     Raises:
         ValueError: both ``key_path`` and ``keyfile_dict`` are set, ``keyfile_dict``
@@ -256,12 +283,16 @@ def gcs_from_fields(conn_id: str, extra: Mapping[str, Any] | None) -> GcsCredent
     emulator = _gcp_extra(extra, "emulator_host") or os.environ.get("STORAGE_EMULATOR_HOST") or None
     if emulator and "://" not in emulator:
         emulator = f"http://{emulator}"  # STORAGE_EMULATOR_HOST is often host:port
+    api_endpoint = _gcp_extra(extra, "api_endpoint")
+    iam_endpoint = _gcp_extra(extra, "iam_endpoint")
     return GcsCredentials(
         conn_id=conn_id,
         project=str(project) if project else None,
         key_path=str(key_path) if key_path else None,
         keyfile_dict=keyfile,
         emulator_host=emulator.rstrip("/") if emulator else None,
+        api_endpoint=str(api_endpoint).rstrip("/") if api_endpoint else None,
+        iam_endpoint=str(iam_endpoint).rstrip("/") if iam_endpoint else "https://iam.googleapis.com",
     )
 
 

@@ -224,3 +224,34 @@ def preflight_gcs(policy: Policy, ledger: Ledger, credentials: Credentials) -> l
         problems += revocation_gcs.preflight_gcs(principal, principal.index, buckets=gcs_buckets(policy), admin=admin,
                                                  probes=credentials, ledger=ledger, migration_id=policy.migration_id)
     return problems
+
+
+def recheck(policy: Policy, credentials: Credentials) -> dict[str, Any]:
+    """Read-only, at the moment evidence is written: which AWS paths of the principals are open *now*.
+
+    Re-lists the selected users' access keys and console passwords, every role's trust
+    policy and the grants on the policy's S3 buckets. ``open`` lists each path still
+    there (a key still listed, even inactive, counts until it is deleted); GCS principals
+    are listed under ``not_rechecked`` (their proofs are the records').
+    """
+    open_paths: list[str] = []
+    for principal in policy.revocations:
+        iam = _resolve(credentials, principal.conn_id, f"revoke[{principal.index}].conn_id")
+        users = select_users(principal, iam)
+        plan = revocation_paths.plan_paths(principal, iam, users, aws_buckets(policy))
+        open_paths += [f"role {r['name']} still trusts {', '.join(r['matched'])}" for r in plan.roles]
+        open_paths += [f"bucket s3://{b['bucket']} still grants to {', '.join(b['policy_matched'])}"
+                       for b in plan.buckets if b["policy_matched"]]
+        open_paths += [f"bucket s3://{b['bucket']} still has {len(b['acl_matched'])} ACL grant(s) to the principal"
+                       for b in plan.buckets if b["acl_matched"]]
+        client = iam.client("iam")
+        for user in plan.arn_of:
+            keys = client.list_access_keys(UserName=user)["AccessKeyMetadata"]
+            chosen = [k for k in keys if principal.access_keys is None or k["AccessKeyId"] in principal.access_keys]
+            open_paths += [f"IAM user {user} still has access key {k['AccessKeyId']} ({k['Status']})" for k in chosen]
+            if revocation_paths._login_profile(client, user) is not None:
+                open_paths.append(f"IAM user {user} still has a console password")
+    at = now()
+    log.info("recheck at %s: %d AWS access path(s) still open%s", at, len(open_paths),
+             (": " + "; ".join(open_paths)) if open_paths else "")
+    return {"at": at, "open": open_paths, "not_rechecked": [p.label for p in policy.gcs_revocations]}

@@ -370,6 +370,10 @@ def recheck_already(paths: AwsPaths, iam: AwsCredentials, ledger: Ledger, mid: s
             arn = cid.split(":", 1)[1]
             doc = _doc(iam.client("iam").get_role(RoleName=arn.rsplit("/", 1)[-1])["Role"]["AssumeRolePolicyDocument"])
             still = strip_principals(doc, paths)[1]
+        elif kind == "sessions" and ":role/" in cid and f"role_trust:{cid.split(':', 1)[1]}" not in open_roles:
+            role = cid.rsplit("/", 1)[-1]
+            doc = _inline(iam.client("iam").get_role_policy, {"RoleName": role})
+            still = [] if doc and doc.get("Statement", [{}])[0].get("Effect") == "Deny" else [role]
         elif kind in ("bucket_policy", "bucket_acl") and cid not in open_buckets:
             bucket = cid.split("s3://", 1)[1]
             if bucket not in set(buckets):
@@ -379,7 +383,9 @@ def recheck_already(paths: AwsPaths, iam: AwsCredentials, ledger: Ledger, mid: s
             still = info["policy_matched"] if kind == "bucket_policy" else info["acl_matched"]
         else:
             continue
-        status, reason = read_back_proof(kind, "a grant to the principal", bool(still), now())
+        what = (f"role {cid.rsplit('/', 1)[-1]} without its deny for sessions issued before the revocation"
+                if kind == "sessions" else "a grant to the principal")
+        status, reason = read_back_proof(kind, what, bool(still), now())
         proof = rec["proof"]
         out.append(record(ledger, mid, PathRevocation(
             paths.name, kind, cid, rec["action"], "already_revoked", status,

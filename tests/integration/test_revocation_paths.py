@@ -170,6 +170,7 @@ def test_rerun_records_already_revoked_and_changes_nothing(tmp_path: Any, moto: 
     assert ("role_trust", "already_revoked", "proven") in outcomes
     assert ("sessions", "already_revoked", "proven") in outcomes
     assert ("login_profile", "already_revoked", "proven") in outcomes
+    assert sum(1 for r in summary["paths"] if r["kind"] == "sessions") == 2  # the role's and the user's
     assert not [r for r in summary["paths"] if r["outcome"] == "revoked"]
     assert party.s3.get_bucket_policy(Bucket=BUCKET)["Policy"] == before
 
