@@ -89,6 +89,28 @@ def test_residency_rollback_shape(dagbag):
     assert dag.max_active_runs == 1
 
 
+def test_residency_revoke_shape(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["residency_revoke"]
+    assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
+    order = ["plan", "propose_revoke", "approve_revoke", "revoke", "evidence", "check_complete"]
+    assert set(dag.task_ids) == set(order)
+    for upstream, downstream in zip(order, order[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} must run before {downstream}"
+    approval = dag.get_task("approve_revoke")
+    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == "revoke"
+    assert approval.defaults == ["Reject"] and dag.get_task("revoke").upstream_task_ids == {"plan", "approve_revoke"}
+    assert dag.get_task("evidence").trigger_rule == "all_done"
+    assert dag.max_active_runs == 1
+
+
+def test_migration_revokes_only_after_the_unfreeze(dagbag):
+    """Both edit the source buckets' policies; the unfreeze's read-modify-write must not race the revocation."""
+    dag = dagbag.dags["residency_migration"]
+    assert "unfreeze" in dag.get_task("propose_revoke").upstream_task_ids
+
+
 def test_engine_does_not_import_airflow():
     engine = Path(__file__).resolve().parents[2] / "include" / "residency"
     offenders = [

@@ -185,14 +185,15 @@ class Approver:
     the approver was shown (``subject``, ``body``), or ``None`` if nothing was asked.
     """
 
-    def __init__(self, env: dict[str, str], option: str, task_id: str = "approve_rollback") -> None:
-        self.env, self.option, self.task_id = env, option, task_id
+    def __init__(self, env: dict[str, str], option: str, task_id: str = "approve_rollback",
+                 dag_id: str = DAG_ID) -> None:
+        self.env, self.option, self.task_id, self.dag_id = env, option, task_id, dag_id
         self.asked: dict[str, Any] | None = None
 
     def __enter__(self) -> Approver:
         now = time.time()
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _ANSWER, DAG_ID, self.task_id, self.option, APPROVER, f"{self.option} in a test",
+            [sys.executable, "-c", _ANSWER, self.dag_id, self.task_id, self.option, APPROVER, f"{self.option} in a test",
              str(now - 1), str(now + 600)],
             env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
