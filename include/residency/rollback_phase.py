@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import references
+from . import purge, references
 from .errors import PolicyError
 from .evidence import rollback as rollback_evidence
 from .ledger import Ledger
@@ -77,6 +77,11 @@ def plan_rollback(
     ledger = Ledger(ledger_url(policy, credentials, distributed=bool((run or {}).get("distributed"))))
     try:
         ledger.create_schema()
+        purged = next(iter(purge.purged_rows(ledger, policy.migration_id)), None)
+        if purged is not None:
+            raise PolicyError("policy_path", str(policy.path), (
+                f"the overseas copies of migration {policy.migration_id} were purged (first: {purged['src_uri']}): "
+                "a rollback would point the application at deleted objects; restore the copies first"))
         table = check_table(policy, ledger, params.get("table"))
     finally:
         ledger.dispose()

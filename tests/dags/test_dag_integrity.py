@@ -105,6 +105,21 @@ def test_residency_revoke_shape(dagbag):
     assert dag.max_active_runs == 1
 
 
+def test_residency_purge_shape(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["residency_purge"]
+    assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
+    order = ["plan", "propose_purge", "approve_purge", "purge", "evidence", "check_complete"]
+    assert set(dag.task_ids) == set(order)
+    for upstream, downstream in zip(order, order[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} must run before {downstream}"
+    approval = dag.get_task("approve_purge")
+    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == "purge"
+    assert approval.defaults == ["Reject"] and dag.get_task("purge").upstream_task_ids == {"plan", "approve_purge"}
+    assert dag.get_task("evidence").trigger_rule == "all_done"
+
+
 def test_migration_revokes_only_after_the_unfreeze(dagbag):
     """Both edit the source buckets' policies; the unfreeze's read-modify-write must not race the revocation."""
     dag = dagbag.dags["residency_migration"]

@@ -1,0 +1,138 @@
+"""End to end: real `airflow dags test` runs of residency_purge, the approval answered.
+
+The estate and the Airflow home are the migration's e2e fixtures (one instance for
+this module). The migration is run once, in this process, by the engine's own
+phases up to the cutover (as the rollback's e2e does), and the cutover's record in
+the ledger is then dated two days back, so the soak (``purge.soak_hours``, 24 h by
+default) has elapsed. :class:`PurgeApprover` answers ``approve_purge`` from outside,
+through the REST API's own handler (see ``test_residency_rollback_dag.Approver``).
+The rejection runs first: it must leave every version of every source in place for
+the approval that follows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_residency_migration_dag import airflow_env, estate  # noqa: F401 - the migration's fixtures
+from test_residency_rollback_dag import _ANSWER, APPROVER, Approver, credentials_of, notes  # noqa: F401
+
+from residency import pipeline
+from residency.evidence.chain import ChainHead, verify_audit_log
+from residency.localcloud.dagrun import run_dag_test
+
+pytestmark = pytest.mark.e2e
+DAG_ID = "residency_purge"
+
+
+class PurgeApprover(Approver):
+    """:class:`Approver` for ``residency_purge.approve_purge``."""
+
+    def __enter__(self) -> PurgeApprover:
+        now = time.time()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _ANSWER, DAG_ID, self.task_id, self.option, APPROVER, f"{self.option} in a test",
+             str(now - 1), str(now + 600)],
+            env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        return self
+
+
+def source_versions(est: Any, admin: Any) -> list[tuple]:
+    """Every version and delete marker of every S3 source bucket, and every GCS source object."""
+    s3 = admin.client("s3", "ap-northeast-2")
+    out: list[tuple] = []
+    for bucket in est.source_buckets:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            out += [(bucket, v["Key"], v["VersionId"]) for v in page.get("Versions", [])]
+            out += [(bucket, d["Key"], d["VersionId"], "marker") for d in page.get("DeleteMarkers", [])]
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def cut_over(estate):  # noqa: F811 - the imported fixture
+    est, _ = estate
+    credentials = credentials_of(est)
+    run = {"dag_id": "residency_migration", "run_id": "manual__cutover_before_purge"}
+    plan = pipeline.plan_run({"policy_path": str(est.policy_path), "dry_run": False, "evidence_dir": ""}, run,
+                             credentials)
+    rt = pipeline.Runtime(plan, credentials)
+    shards = pipeline.run_inventory(rt, pipeline.preflight(rt)["placements"])["shards"]
+    for shard in shards:
+        pipeline.copy_shard(rt, shard)
+    for shard in shards:
+        pipeline.verify_shard(rt, shard)
+    pipeline.recheck(rt)
+    pipeline.record_approval(rt, "cutover", {"chosen_options": ["Approve"], "responded_by_user": {
+        "id": "cutover-approver", "name": "cutover-approver"}, "responded_at": "2026-11-22T00:00:00+00:00"})
+    pipeline.cutover(rt)
+    ledger_db = Path(rt.policy.ledger_url.removeprefix("sqlite:///"))
+    rt.ledger.dispose()
+    two_days_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=48)).isoformat(timespec="milliseconds")
+    with closing(sqlite3.connect(ledger_db)) as db, db:
+        db.execute("UPDATE residency_phases SET at = ? WHERE migration_id = ? AND phase = 'cutover'",
+                   (two_days_ago, rt.policy.migration_id))
+    return rt.policy.migration_id
+
+
+def purge_run(estate, airflow_env, notes, out: Path, approve: str):  # noqa: F811
+    est, _ = estate
+    conf = {"policy_path": str(est.policy_path), "evidence_dir": str(out), "dry_run": False}
+    env = {**airflow_env, **est.connection_env(), **notes.env}
+    with PurgeApprover(env, approve, task_id="approve_purge") as approver:
+        try:
+            outcome = run_dag_test(DAG_ID, conf, env=env, log_path=out / "dag-run.log", timeout=600)
+        except subprocess.TimeoutExpired:
+            outcome = None
+    assert outcome is not None and approver.asked, f"the approval was not answered: {approver.errors[-2000:]}"
+    return outcome, approver.asked
+
+
+def test_rejected_purge_deletes_nothing(estate, airflow_env, cut_over, notes, tmp_path):  # noqa: F811
+    est, admin = estate
+    before = source_versions(est, admin)
+    out = tmp_path / "out"
+    outcome, asked = purge_run(estate, airflow_env, notes, out, "Reject")
+    assert asked["subject"] == f"Approve the purge of migration {cut_over}"
+    assert "deletes for good" in asked["body"]
+    assert not outcome.succeeded and outcome.failed_tasks == ("check_complete",)
+    assert source_versions(est, admin) == before
+    ev = json.loads((out / "purge-evidence.json").read_text())
+    assert ev["verdict"] == "NOT_PURGED" and ev["buckets"] == {}
+    assert (ev["approval"]["decision"], ev["approval"]["who"]) == ("rejected", APPROVER)
+    assert notes.note.startswith(f"NOT_PURGED: The purge was rejected by {APPROVER} at ")
+
+
+def test_approved_purge_deletes_every_version_of_the_migrated_objects(estate, airflow_env, cut_over, notes,  # noqa: F811
+                                                                       tmp_path):
+    est, admin = estate
+    before = source_versions(est, admin)
+    out = tmp_path / "out"
+    outcome, asked = purge_run(estate, airflow_env, notes, out, "Approve")
+    assert outcome.succeeded, f"{outcome.state}, failed {outcome.failed_tasks}: see {outcome.log_path}"
+    ev = json.loads((out / "purge-evidence.json").read_text())
+    assert ev["verdict"] == "PURGED" and ev["problems"] == []
+    purged = sum(b["purged_objects"] for b in ev["buckets"].values())
+    assert purged == est.media_objects
+    assert all(a["in_scope_found"] == 0 for a in ev["after"].values())
+    assert (ev["approval"]["decision"], ev["approval"]["who"]) == ("approved", APPROVER)
+    # What is left in the S3 sources: only out-of-scope keys, each listed under remaining abroad.
+    after = source_versions(est, admin)
+    assert len(after) < len(before)
+    left = sum(r["versions"] + r["delete_markers"] for r in ev["remaining_abroad"] if r["source"].startswith("s3://"))
+    assert left == len(after)
+    audit = out / ev["audit_log"]["file"]
+    verify_audit_log(audit, expect=ChainHead(ev["audit_log"]["records"], ev["audit_log"]["head"]))
+    events = {json.loads(line)["event"] for line in audit.read_text().splitlines()}
+    assert {"approval.purge", "purge.started", "purge.bucket", "purge_run.done"} <= events
+    assert notes.note.startswith(f"PURGED: {purged:,} object(s)")
