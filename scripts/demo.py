@@ -41,6 +41,8 @@ from residency.localcloud.estate import seed_estate, upload_late  # noqa: E402
 from residency.localcloud.servers import FakeGcsServer, MotoServer  # noqa: E402
 
 DAG_ID = "residency_migration"
+PURGE_DAG = "residency_purge"
+REVOKE_DAG = "residency_revoke"
 APPROVER = "demo-approver"
 NOTE_CONN_ID = "residency_airflow_api"  # residency_airflow.NOTE_CONN_ID, without importing Airflow here
 
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print("starting a local Airflow (API server, scheduler with the LocalExecutor, DAG processor, triggerer) ...")
         with AirflowDeployment(WORK / "airflow", dags_folder=ROOT / "dags", plugins_folder=ROOT / "plugins",
                                env={**estate.connection_env(), "RESIDENCY_POLICY": str(estate.policy_path)},
-                               wait_for_dags=[DAG_ID], api_connections={NOTE_CONN_ID: "manager"},
+                               wait_for_dags=[DAG_ID, PURGE_DAG, REVOKE_DAG], api_connections={NOTE_CONN_ID: "manager"},
                                executor=args.executor, workers=CELERY_WORKERS) as airflow:
             if celery:
                 print(f"Airflow at {airflow.base_url} ({airflow.backend} metadata), CeleryExecutor: broker "
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = _run(airflow, estate, admin, gcs)
             dag_seconds = time.monotonic() - t0
             workers_line = _print_workers(airflow, outcome["tasks"]) if celery else None
+            after = _purge_and_revoke_again(airflow, estate) if outcome["state"] == "success" else {}
 
     evidence_path = OUT / "evidence.json"
     if not evidence_path.exists():
@@ -182,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    accepted {rule['references']} ({rule['rule']}): {rule['reason']}")
     for rev in evidence.get("revocations", {}).get("records", []):
         proof = rev["proof"]
-        print(f"  revoked {rev['principal']} key {rev['credential_id']}: {proof.get('status')} ({proof.get('reason')})")
+        print(f"  revoked {rev.get('kind', 'access_key').replace('_', ' ')} {rev['credential_id']} of "
+              f"{rev['principal']}: {proof.get('status')} by {str(proof.get('method')).replace('_', ' ')} "
+              f"({proof.get('reason')})")
     for approval in evidence.get("approvals", []):
         print(f"  approval of the {approval['step']}: {approval['decision']} by {approval['who']} at {approval['when']}")
     print(f"  audit log: {evidence['audit_log']['records']} records, chain head {evidence['audit_log']['head'][:16]}")
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.monotonic() - started:.0f}s; run note: {outcome['note']!r}")
     for rule in evidence.get("complete_rules", []):
         print(f"  rule {rule['id']:<12} {'holds' if rule['holds'] else 'FAILS: ' + '; '.join(rule['problems'])}")
-    if outcome["state"] != "success" or not evidence.get("complete") or not same:
+    purge_ok = _print_after(after)
+    if outcome["state"] != "success" or not evidence.get("complete") or not same or not purge_ok:
         print("MIGRATION NOT COMPLETE:", "; ".join(evidence.get("problems", [])) or f"DAG run {outcome['state']}",
               f"failed tasks: {', '.join(outcome['failed']) or '-'}")
         return 1
@@ -249,6 +255,64 @@ def _run(airflow: AirflowDeployment, estate, admin, gcs) -> dict:
                 manager.task_log(DAG_ID, run_id, t["task_id"], t["try_number"], t["map_index"]), encoding="utf-8")
     return {"run_id": run_id, "state": state, "note": manager.run_note(DAG_ID, run_id), "late": late,
             "failed": sorted({t["task_id"] for t in tasks if t["state"] == "failed"}), "tasks": tasks}
+
+
+def _run_dag(airflow: AirflowDeployment, dag_id: str, conf: dict) -> dict:
+    """Trigger ``dag_id`` as ``manager``, approve what it asks as ``demo-approver``, wait for the end."""
+    manager, approver = airflow.api("manager"), airflow.api(APPROVER)
+    run_id = manager.trigger(dag_id, conf)
+
+    def answer(_api, _run) -> None:
+        for request in approver.pending_approvals(dag_id, run_id):
+            task_id = request["task_instance"]["task_id"]
+            approver.respond(dag_id, run_id, task_id, "Approve", {"comment": "approved unattended by make demo"},
+                             request["task_instance"]["map_index"])
+            print(f"  {task_id}: \"{request.get('subject')}\" approved through Airflow's REST API as {APPROVER!r}")
+
+    state = manager.wait_for_run(dag_id, run_id, timeout=900, on_poll=answer)
+    return {"run_id": run_id, "state": state, "note": manager.run_note(dag_id, run_id)}
+
+
+def _purge_and_revoke_again(airflow: AirflowDeployment, estate) -> dict:
+    """After the migration: purge the Seoul copies (policy purge.soak_hours is 0 in the demo), then run the
+    revocation again on its own, which must find every path already closed."""
+    out = {}
+    print(f"triggering {PURGE_DAG} (the Seoul copies whose Tokyo copy is re-attested now) ...")
+    out["purge"] = _run_dag(airflow, PURGE_DAG, {"policy_path": str(estate.policy_path),
+                                                 "evidence_dir": str(OUT / "purge"), "dry_run": False})
+    print(f"triggering {REVOKE_DAG} again (a re-run: every path must read 'already revoked') ...")
+    out["revoke"] = _run_dag(airflow, REVOKE_DAG, {"policy_path": str(estate.policy_path),
+                                                   "evidence_dir": str(OUT / "revoke"), "dry_run": False})
+    return out
+
+
+def _print_after(after: dict) -> bool:
+    """Print the purge's and the re-run revocation's outcome; True when both succeeded."""
+    if not after:
+        return False
+    ok = True
+    purge_path = OUT / "purge" / "purge-evidence.json"
+    if purge_path.exists():
+        doc = json.loads(purge_path.read_text())
+        for uri, b in doc["buckets"].items():
+            print(f"  purged {uri}: {b['purged_objects']} objects, {b['purged_versions']} versions, "
+                  f"{b['purged_delete_markers']} delete markers, {human(b['purged_bytes'])}; "
+                  f"{b['uploads_aborted']} incomplete uploads aborted; already purged {b['already_purged']}")
+        for r in doc.get("remaining_abroad") or []:
+            print(f"  remaining abroad in {r['source']}: {r['objects']} objects ({human(r['bytes'])}), "
+                  f"{r['reason']}: {r['why']}")
+    revoke_path = OUT / "revoke" / "revoke-evidence.json"
+    if revoke_path.exists():
+        doc = json.loads(revoke_path.read_text())
+        outcomes: dict[str, int] = {}
+        for r in doc["records"]:
+            outcomes[r["proof"].get("outcome", "?")] = outcomes.get(r["proof"].get("outcome", "?"), 0) + 1
+        print(f"  revocation re-run: {doc['verdict']}; {len(doc['records'])} paths: {outcomes}; still open now: "
+              f"{len((doc.get('recheck') or {}).get('open', []))}")
+    for name, run in after.items():
+        print(f"  {name} DAG run {run['run_id']}: {run['state']}; note: {run['note']!r}")
+        ok = ok and run["state"] == "success"
+    return ok
 
 
 def _print_workers(airflow: AirflowDeployment, tasks: list[dict]) -> str:

@@ -540,7 +540,15 @@ def test_gcs_connection_env_parses_and_reaches_the_emulator(gcs_estate: Estate) 
     assert set(env) == {
         "AIRFLOW_CONN_AWS_SEOUL", "AIRFLOW_CONN_AWS_TOKYO", "AIRFLOW_CONN_AWS_IAM", "AIRFLOW_CONN_AFFILIATE_PROBE",
         "AIRFLOW_CONN_GCS_SEOUL", "AIRFLOW_CONN_GCS_TOKYO",
+        # The affiliate's GCS paths, through the named fake of the access APIs (issue 10).
+        "AIRFLOW_CONN_GCS_IAM", "AIRFLOW_CONN_AFFILIATE_HMAC", "AIRFLOW_CONN_AFFILIATE_GCS",
     }
+    affiliate = {k: json.loads(env.pop(k)) for k in
+                 ("AIRFLOW_CONN_GCS_IAM", "AIRFLOW_CONN_AFFILIATE_HMAC", "AIRFLOW_CONN_AFFILIATE_GCS")}
+    assert affiliate["AIRFLOW_CONN_GCS_IAM"]["extra"]["emulator_host"] == gcs_estate.gcs_access_url
+    assert affiliate["AIRFLOW_CONN_AFFILIATE_HMAC"]["extra"]["endpoint_url"] == gcs_estate.gcs_access_url
+    assert gcs_from_fields("affiliate_gcs", affiliate["AIRFLOW_CONN_AFFILIATE_GCS"]["extra"]).api_endpoint == \
+        gcs_estate.gcs_access_url
     for name, value in env.items():
         conn = json.loads(value)
         conn_id = name.removeprefix("AIRFLOW_CONN_").lower()

@@ -127,9 +127,16 @@ def build_plan(
         },
         "references": _references(cutover) if cutover else None,
         "revocations": [
-            {"user": k.get("user"), "access_key_id": k.get("access_key_id"),
-             "already_revoked": bool(k.get("already_revoked"))}
-            for k in (revoke or {}).get("revocations", [])
+            {"user": k["principal"].rsplit("/", 1)[-1], "access_key_id": k["credential_id"],
+             "already_revoked": k.get("outcome") == "already_revoked"}
+            for k in (revoke or {}).get("paths", []) if k.get("kind") == "access_key"
+        ] if revoke else [],
+        # Every access path the revocation would change: keys, console passwords, sessions, role trust
+        # entries, bucket grants, GCS HMAC keys, bucket IAM members, service-account keys.
+        "access_paths": [
+            {"kind": p.get("kind"), "principal": p.get("principal"), "path": p.get("credential_id"),
+             "action": p.get("action", "deactivate+delete"), "outcome": p.get("outcome")}
+            for p in (revoke or {}).get("paths", [])
         ] if revoke else [],
     }
 

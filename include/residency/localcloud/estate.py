@@ -64,7 +64,7 @@ from typing import Any, Iterable
 import google_crc32c
 import sqlalchemy as sa
 
-from ..clients import AwsCredentials
+from ..clients import AwsCredentials, GcsCredentials
 from ..policy import Selection
 from ..references.cells import locate
 from ..uris import ObjectRef, UrlStyle, format_url
@@ -96,6 +96,8 @@ AFFILIATE_ROLE = "seoul-media-reader"
 #: The affiliate's own AWS account, granted in a bucket policy and an ACL of the Seoul buckets.
 AFFILIATE_ACCOUNT = "999988887777"
 AFFILIATE_CANONICAL_ID = "a1f0" * 16
+#: The affiliate's Google service account: an HMAC key, a key file and a binding on the Seoul photos.
+AFFILIATE_SA = "line-affiliate-cn@affiliate-cn-media.iam.gserviceaccount.com"
 PART_SIZE = 8 * MiB
 
 SCALES = ("small", "demo")
@@ -148,6 +150,10 @@ class Estate:
     """The fake-gcs-server the GCS buckets live on; ``None`` for an S3-only estate."""
     gcs_source_buckets: tuple[str, ...] = ()
     gcs_destination_bucket: str | None = None
+    gcs_access_url: str | None = None
+    """The named fake of the GCS access APIs (HMAC keys, bucket IAM, service-account keys)."""
+    gcs_affiliate: dict[str, Any] | None = field(default=None, repr=False, hash=False)
+    """The affiliate's HMAC key (``access_id``, ``secret``) and key file (``keyfile``): secrets."""
     routes: dict[str, dict[str, int]] = field(default_factory=dict, hash=False)
     """In-scope media per copy route, ``{"s3->gs": {"objects": n, "bytes": b}, ...}``, as the policy routes them."""
 
@@ -180,6 +186,14 @@ class Estate:
                     "conn_type": "google_cloud_platform",
                     "extra": {"project": GCS_PROJECT, "emulator_host": self.gcs_endpoint},
                 })
+        if self.gcs_access_url and self.gcs_affiliate:
+            env["AIRFLOW_CONN_GCS_IAM"] = json.dumps({"conn_type": "google_cloud_platform", "extra": {
+                "project": GCS_PROJECT, "emulator_host": self.gcs_access_url, "iam_endpoint": self.gcs_access_url}})
+            env["AIRFLOW_CONN_AFFILIATE_HMAC"] = json.dumps({
+                "conn_type": "aws", "login": self.gcs_affiliate["access_id"], "password": self.gcs_affiliate["secret"],
+                "extra": {"region_name": "auto", "endpoint_url": self.gcs_access_url}})
+            env["AIRFLOW_CONN_AFFILIATE_GCS"] = json.dumps({"conn_type": "google_cloud_platform", "extra": {
+                "keyfile_dict": self.gcs_affiliate["keyfile"], "api_endpoint": self.gcs_access_url}})
         return env
 
 
@@ -635,6 +649,31 @@ def _foreign_paths(admin: AwsCredentials, iam: Any) -> None:
              "%s, READ ACL grant on %s", AFFILIATE_ROLE, PHOTOS_BUCKET, AFFILIATE_ACCOUNT, MEDIA_BUCKET)
 
 
+def _foreign_gcs_paths(gcs: FakeGcsServer) -> dict[str, Any]:
+    """The affiliate's service account on the GCS side: an HMAC key, a key file, and an objectViewer
+    binding on the Seoul photos bucket (next to a domestic member that must stay)."""
+    import base64
+
+    import requests
+
+    fake = gcs.access
+    fake.create_service_account(AFFILIATE_SA, project=GCS_PROJECT)
+    admin = GcsCredentials("gcs_iam", project=GCS_PROJECT, emulator_host=fake.url, iam_endpoint=fake.url)
+    client = admin.client()
+    meta, secret = client.create_hmac_key(AFFILIATE_SA, project_id=GCS_PROJECT, retry=None)
+    created = requests.post(f"{fake.url}/v1/projects/-/serviceAccounts/{AFFILIATE_SA}/keys", json={}, timeout=10)
+    created.raise_for_status()
+    keyfile = json.loads(base64.b64decode(created.json()["privateKeyData"]))
+    bucket = client.bucket(GCS_PHOTOS_BUCKET)
+    policy = bucket.get_iam_policy(requested_policy_version=3, retry=None)
+    policy.bindings.append({"role": "roles/storage.objectViewer", "members": {
+        f"serviceAccount:{AFFILIATE_SA}", f"serviceAccount:uploader@{GCS_PROJECT}.iam.gserviceaccount.com"}})
+    bucket.set_iam_policy(policy, retry=None)
+    log.info("estate: affiliate service account %s: HMAC key %s, key %s, objectViewer on gs://%s", AFFILIATE_SA,
+             meta.access_id, keyfile["private_key_id"], GCS_PHOTOS_BUCKET)
+    return {"access_id": meta.access_id, "secret": secret, "keyfile": keyfile}
+
+
 def _write_db(path: Path, rows: dict[str, list[dict[str, Any]]]) -> str:
     if path.exists():
         path.unlink()
@@ -703,6 +742,10 @@ destinations:
 """
         videos = ""
         accepted_gcs = ""
+    gcs_principal = (f"""\
+  # The affiliate's service account: its HMAC key, its key file, and its binding on the Seoul photos.
+  - {{provider: gcs, conn_id: gcs_iam, project: {GCS_PROJECT}, service_accounts: [{AFFILIATE_SA}], hmac_probe_conn_id: affiliate_hmac, member_probe_conn_id: affiliate_gcs, probe_uri: gs://{GCS_PHOTOS_BUCKET}}}
+""" if gcs else "")
     ledger_line = f"ledger_url: {ledger_url}\n" if ledger_url else ""
     return f"""\
 # Written by residency.localcloud.estate.seed_estate: the local demo estate.
@@ -713,6 +756,7 @@ control_dir: control              # relative to this file
   media_types: [image, video, audio]
   exclude_prefixes: []
 transfer: {{multipart_threshold_mb: 16, part_size_mb: 8, shard_size: {shard_size}, workers: 4}}
+purge: {{soak_hours: 0}}          # the demo purges Seoul right after; production keeps a soak (default 24 h)
 cutover:                          # the app keeps uploading: list again before the cutover
   catch_up_passes: 3
   freeze: true                    # S3 sources refuse writes from the final pass to the end of the cutover
@@ -734,7 +778,7 @@ references:
 {accepted_gcs}revoke:
   # The affiliate's keys, console password, sessions, the role it may assume, and grants to its account.
   - {{provider: aws, conn_id: aws_iam, user: {AFFILIATE_USER}, access_keys: [{affiliate_key}], account: "{AFFILIATE_ACCOUNT}", canonical_ids: [{AFFILIATE_CANONICAL_ID}], probe_conn_id: affiliate_probe, probe_uri: s3://{PHOTOS_BUCKET}}}
-"""
+{gcs_principal}"""
 
 
 def seed_estate(
@@ -888,6 +932,7 @@ def seed_estate(
         {"Sid": "AssumeReader", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"},
     ]))
     _foreign_paths(admin, iam)
+    gcs_affiliate = _foreign_gcs_paths(gcs) if gcs is not None else None
 
     rows = plan.rows()
     if gplan is not None:
@@ -936,6 +981,8 @@ def seed_estate(
         gcs_endpoint=gcs.endpoint_url if gcs is not None else None,
         gcs_source_buckets=GCS_SOURCE_BUCKETS if gcs is not None else (),
         gcs_destination_bucket=GCS_DESTINATION_BUCKET if gcs is not None else None,
+        gcs_access_url=gcs.access.url if gcs is not None else None,
+        gcs_affiliate=gcs_affiliate,
         routes=routes,
     )
 

@@ -220,3 +220,19 @@ class FakeGcsServer(_ChildServer):
     def credentials(self, conn_id: str, project: str = "residency-local") -> GcsCredentials:
         """Anonymous credentials aimed at this emulator (it checks none)."""
         return GcsCredentials(conn_id=conn_id, project=project, emulator_host=self.endpoint_url)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """The emulator, and in front of it the named fake of the access APIs it lacks
+        (HMAC keys, bucket IAM, service-account keys: :attr:`access`)."""
+        super().start(timeout)
+        from .gcs_access_fake import GcsAccessFake
+
+        self.access = GcsAccessFake(self.endpoint_url).start()
+        return self
+
+    def stop(self) -> None:
+        access = getattr(self, "access", None)
+        if access is not None:
+            access.stop()
+            self.access = None
+        super().stop()
