@@ -7,7 +7,8 @@ Airflow deployment (API server, scheduler with LocalExecutor, DAG processor,
 triggerer), triggers the `residency_migration` DAG through the REST API and
 answers its two approvals (cutover, revocation) through the REST API as the named
 user `demo-approver`, the same path a manager's click in the UI takes. Then it
-prints a summary, writes demo-output/ (the evidence and every task's log, fetched
+triggers `residency_purge` (the Seoul copies, approved the same way) and
+`residency_revoke` once more (every path must read "already revoked"), prints a summary, writes demo-output/ (the evidence and every task's log, fetched
 through the API), stops what it started, and exits non-zero unless the migration
 fully succeeded.
 
