@@ -26,94 +26,10 @@ version); **PLAN** (dry run). Re-running is safe: keys purged before are recorde
 Engine: `include/residency/purge.py`, tasks `include/residency/purge_phase.py` (no Airflow inside).
 """
 
-from __future__ import annotations
+from residency_airflow.steps import approved_step_dag
 
-import os
-from datetime import timedelta
-
-from airflow.sdk import Param, dag, get_current_context, task
-
-from residency_airflow import fail_fast, run_info, runtime, set_run_note
-from residency_airflow.approvals import PolicyApprovalOperator
-
-DEFAULT_POLICY = os.environ.get("RESIDENCY_POLICY", "/opt/airflow/include/policies/example.yaml")
-
-
-@dag(
-    dag_id="residency_purge",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
-    tags=["residency", "purge"],
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=15), "owner": "platform"},
-    params={
-        "policy_path": Param(DEFAULT_POLICY, type="string", minLength=1, title="Policy file",
-                             description="Path of the migration policy YAML on the workers."),
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Report what the purge would delete; delete nothing."),
-        "evidence_dir": Param("", type="string", title="Evidence folder",
-                              description="Where purge-evidence.json/.html go; empty: "
-                                          "<control folder>/<migration>/purge/<run>."),
-    },
-    render_template_as_native_obj=False,
+dag = approved_step_dag(
+    dag_id="residency_purge", doc_md=__doc__, tags=["residency", "purge"], step="purge",
+    module="residency.purge_phase", plan="plan_purge", propose="propose_purge", act="purge",
+    dry_run_help="Report what the purge would delete; delete nothing.", nothing_changed="nothing was deleted",
 )
-def residency_purge():
-    @task(retries=0)
-    def plan() -> dict:
-        from residency.connections import credentials
-        from residency.purge_phase import plan_purge
-
-        with fail_fast():
-            return plan_purge(get_current_context()["params"], run_info(), credentials)
-
-    @task
-    def propose_purge(plan: dict) -> dict:
-        from residency.purge_phase import propose_purge as run
-
-        with fail_fast():
-            return run(runtime(plan))
-
-    @task
-    def purge(plan: dict) -> dict:
-        from residency.purge_phase import purge as run
-
-        with fail_fast():
-            return run(runtime(plan))
-
-    # After a rejection (the purge is skipped) or a failed purge too: the evidence says so.
-    @task(trigger_rule="all_done", retries=0)
-    def evidence() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from residency.purge_phase import write_evidence
-
-        plan = get_current_context()["ti"].xcom_pull(task_ids="plan")
-        if not plan:
-            raise AirflowFailException("no purge evidence: the plan task failed (its log names the reason); "
-                                       "nothing was deleted")
-        return write_evidence(runtime(plan), run_info())
-
-    @task(retries=0)
-    def check_complete(report: dict) -> None:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from residency.purge_phase import run_note
-
-        note, ok = run_note(report)
-        set_run_note(note)
-        if not ok:
-            raise AirflowFailException(note)
-
-    the_plan = plan()
-    proposal = propose_purge(the_plan)
-    approve = PolicyApprovalOperator(task_id="approve_purge", step="purge",
-                                     proposal_task_id="propose_purge", retries=0)
-    purged = purge(the_plan)
-    proposal >> approve >> purged
-    report = evidence()
-    [the_plan, purged] >> report
-    check_complete(report)
-
-
-dag = residency_purge()

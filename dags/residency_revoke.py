@@ -22,95 +22,10 @@ deletion soak); **NOT_REVOKED** (rejected, failed, or a path still open now);
 Engine: `include/residency/foreign_access.py` (no Airflow inside). Docs: README.md.
 """
 
-from __future__ import annotations
+from residency_airflow.steps import approved_step_dag
 
-import os
-from datetime import timedelta
-
-from airflow.sdk import Param, dag, get_current_context, task
-
-from residency_airflow import fail_fast, run_info, runtime, set_run_note
-from residency_airflow.approvals import PolicyApprovalOperator
-
-DEFAULT_POLICY = os.environ.get("RESIDENCY_POLICY", "/opt/airflow/include/policies/example.yaml")
-
-
-@dag(
-    dag_id="residency_revoke",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
-    tags=["residency", "revocation", "security"],
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=15), "owner": "platform"},
-    params={
-        "policy_path": Param(DEFAULT_POLICY, type="string", minLength=1, title="Policy file",
-                             description="Path of the migration policy YAML on the workers."),
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="List every access path that would change; change nothing."),
-        "evidence_dir": Param("", type="string", title="Evidence folder",
-                              description="Where revoke-evidence.json/.html go; empty: "
-                                          "<control folder>/<migration>/revoke/<run>."),
-    },
-    render_template_as_native_obj=False,
+dag = approved_step_dag(
+    dag_id="residency_revoke", doc_md=__doc__, tags=["residency", "revocation", "security"], step="revoke",
+    module="residency.revoke_phase", plan="plan_revoke", propose="propose", act="revoke",
+    dry_run_help="List every access path that would change; change nothing.", nothing_changed="nothing was changed",
 )
-def residency_revoke():
-    @task(retries=0)
-    def plan() -> dict:
-        from residency.connections import credentials
-        from residency.revoke_phase import plan_revoke
-
-        with fail_fast():
-            return plan_revoke(get_current_context()["params"], run_info(), credentials)
-
-    @task
-    def propose_revoke(plan: dict) -> dict:
-        from residency.revoke_phase import propose
-
-        with fail_fast():
-            return propose(runtime(plan))
-
-    @task(retries=0)
-    def revoke(plan: dict) -> dict:
-        from residency.revoke_phase import revoke as run
-
-        with fail_fast():
-            return run(runtime(plan))
-
-    # After a rejection or a failure too: the evidence says so.
-    @task(trigger_rule="all_done", retries=0)
-    def evidence() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from residency.revoke_phase import write_evidence
-
-        ti = get_current_context()["ti"]
-        plan = ti.xcom_pull(task_ids="plan")
-        if not plan:
-            raise AirflowFailException("no revocation evidence: the plan task failed (its log names the field); "
-                                       "nothing was changed")
-        return write_evidence(runtime(plan), run_info(), ti.xcom_pull(task_ids="propose_revoke"))
-
-    @task(retries=0)
-    def check_complete(report: dict) -> None:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from residency.revoke_phase import run_note
-
-        note, ok = run_note(report)
-        set_run_note(note)
-        if not ok:
-            raise AirflowFailException(note)
-
-    the_plan = plan()
-    proposal = propose_revoke(the_plan)
-    approve = PolicyApprovalOperator(task_id="approve_revoke", step="revoke",
-                                     proposal_task_id="propose_revoke", retries=0)
-    revoked = revoke(the_plan)
-    proposal >> approve >> revoked
-    report = evidence()
-    [the_plan, revoked] >> report
-    check_complete(report)
-
-
-dag = residency_revoke()

@@ -52,11 +52,13 @@ def default_evidence_dir(policy: Policy, run_id: str | None) -> Path:
     return Path(policy.control_dir) / policy.migration_id / "revoke" / safe
 
 
-def write_evidence(rt: Runtime, run: Mapping[str, Any], proposal: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     """``revoke-evidence.json`` / ``.html``: every path's latest record and proof, the approval, and what a
-    re-check made now finds still open. A dry run writes the proposal as a PLAN."""
+    re-check made now finds still open. A dry run writes this run's proposal as a PLAN."""
     rt.begin("revoke evidence")
     mid = rt.policy.migration_id
+    row = rt.ledger.latest_phase(mid, "propose_revoke")
+    proposal = row["result"] if row and row["run_id"] == rt.run_id else None
     out_dir = Path(rt.plan.get("evidence_dir") or default_evidence_dir(rt.policy, rt.run_id))
     out_dir.mkdir(parents=True, exist_ok=True)
     verdict = main_report._Verdict()

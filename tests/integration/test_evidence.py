@@ -460,6 +460,28 @@ def test_revocation_needs_its_own_proof(policy, ledger, tmp_path, status, fragme
         assert "no attempt made" in page  # never says an attempt succeeded or failed when none was made
 
 
+def test_read_back_proof_of_a_grant_counts_and_a_key_in_its_soak_does_not(policy, ledger, tmp_path):
+    """A grant closed and read back holds the rule, with its method shown; a key still inactive during
+    ``delete_after_hours`` is not revoked yet, so COMPLETE waits for its deletion."""
+    from residency.access import PathRevocation, record
+
+    _populate(ledger)
+    record(ledger, MID, PathRevocation(
+        "aws account 999988887777", "bucket_policy", "bucket_policy:s3://seoul-media", "remove-statements",
+        "revoked", "proven", "read_back", "read back: no grant left.", {"Statement": ["grant"]}, None))
+    ev = _write(policy, ledger, tmp_path).evidence
+    assert "revocation" not in _broken(ev)
+    grant = next(r for r in ev["revocations"]["records"] if r["kind"] == "bucket_policy")
+    assert (grant["proof"]["method"], grant["proof"]["snapshot_before"]) == ("read_back", {"Statement": ["grant"]})
+
+    ledger.record_revocation(MID, "aws:iam::user/affiliate-cn", "AKIAAFFILIATE0000009", "deactivate+delete", {
+        "status": "proven", "reason": "refused while inactive.", "before": None, "after": None, "denied": True,
+        "deactivated": True, "deleted": False, "outcome": "pending", "delete_due": "2026-11-23T00:00:00+00:00"})
+    ev = _write(policy, ledger, tmp_path).evidence
+    assert _broken(ev) == ["revocation"]
+    assert "deletion is due at 2026-11-23T00:00:00+00:00" in _rule(ev, "revocation")["problems"][0]
+
+
 def test_legacy_revocation_record_without_a_before_probe_is_not_proven(policy, ledger, tmp_path):
     _populate(ledger)
     ledger.record_revocation(MID, "aws:iam::user/affiliate-cn", "AKIAAFFILIATE0000001", "deactivate+delete",
@@ -522,7 +544,7 @@ def test_html_escapes_every_value(policy, ledger, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     for text in ("What complete means, rule by rule", "Reconciliation", "Attestation just before this report",
                  "Source buckets", "Destination buckets", "Copy routes", "Application references",
-                 "Residual scan made for this report", "Foreign credentials revoked", "AKIAAFFILIATE0000001",
+                 "Residual scan made for this report", "Foreign access paths closed", "AKIAAFFILIATE0000001",
                  "InvalidAccessKeyId", "Audit log", ev["audit_log"]["head"], "How to read the counts",
                  "Sample of verified objects", "asked the provider&#39;s API"):
         assert text in page, text
