@@ -117,6 +117,21 @@ def revoke_all(policy: Policy, ledger: Ledger, *, credentials: Credentials, dry_
         users = select_users(principal, iam)
         plan = revocation_paths.plan_paths(principal, iam, users, aws_buckets(policy))
         plans.append((principal, iam, probe, users, plan))
+    # Everything that would refuse to start is found before anything changes, for every principal.
+    key_principals = [kp for principal, iam, probe, users, _ in plans
+                      for kp in _key_principals(principal, users, iam, probe)]
+    key_policy = dataclasses.replace(policy, revocations=tuple(key_principals))
+    if key_principals:
+        revocation.check_plans(key_policy, ledger, iam_credentials=credentials, probe_credentials=credentials)
+    gcs_admins = []
+    for principal in policy.gcs_revocations:
+        from . import revocation_gcs
+
+        admin = _resolve(credentials, principal.conn_id, f"revoke[{principal.index}].conn_id")
+        revocation_gcs.check_gcs(principal, principal.index, buckets=gcs_buckets(policy), admin=admin,
+                                 probes=credentials, ledger=ledger, migration_id=mid)
+        gcs_admins.append((principal, admin))
+
     for principal, iam, probe, users, plan in plans:
         revocation_paths.probe_before(plan, probe, principal.probe_uri)
         history = set(revocation_paths.earlier_paths(ledger, mid, plan.name))
@@ -126,13 +141,11 @@ def revoke_all(policy: Policy, ledger: Ledger, *, credentials: Credentials, dry_
             paths += revocation_paths.recheck_already(plan, iam, ledger, mid, revocation_paths.earlier_paths(
                 ledger, mid, plan.name), aws_buckets(policy))
 
-    key_principals = [kp for principal, iam, probe, users, _ in plans
-                      for kp in _key_principals(principal, users, iam, probe)]
     keys = None
     if key_principals:
         try:
-            keys = revocation.revoke(dataclasses.replace(policy, revocations=tuple(key_principals)), ledger,
-                                     iam_credentials=credentials, probe_credentials=credentials, dry_run=dry_run)
+            keys = revocation.revoke(key_policy, ledger, iam_credentials=credentials, probe_credentials=credentials,
+                                     dry_run=dry_run)
         except RevocationNotProven as exc:
             failures.extend(exc.failures)
 
@@ -141,10 +154,9 @@ def revoke_all(policy: Policy, ledger: Ledger, *, credentials: Credentials, dry_
         paths += revocation_paths.revoke_login_profiles(plan, iam, ledger, mid, history, dry_run)
         paths += revocation_paths.deny_user_sessions(plan, iam, ledger, mid, history, at, dry_run)
 
-    for principal in policy.gcs_revocations:
+    for principal, admin in gcs_admins:
         from . import revocation_gcs
 
-        admin = _resolve(credentials, principal.conn_id, f"revoke[{principal.index}].conn_id")
         paths += revocation_gcs.revoke_gcs(principal, principal.index, buckets=gcs_buckets(policy), admin=admin,
                                            probes=credentials, ledger=ledger, migration_id=mid, dry_run=dry_run)
 

@@ -292,6 +292,17 @@ def revoke(
     return result
 
 
+def check_plans(policy: Policy, ledger: Ledger, *, iam_credentials: Credentials, probe_credentials: Credentials
+                ) -> None:
+    """Read-only: raise what :func:`revoke` would refuse to start for (a named key that does not
+    exist, a user that does not exist, a connection that cannot be resolved), before anything changes."""
+    history = _history(ledger, policy.migration_id)
+    for i, principal in enumerate(policy.revocations):
+        plan = _plan(i, principal, iam_credentials, probe_credentials, history)
+        if plan.problems:
+            raise plan.problems[0]
+
+
 def preflight_check(
     policy: Policy,
     ledger: Ledger,

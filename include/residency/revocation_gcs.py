@@ -162,6 +162,17 @@ def revoke_gcs(
     return out
 
 
+def check_gcs(
+    principal: GcsPrincipal, index: int, *, buckets: Sequence[str], admin: GcsCredentials, probes: Probes,
+    ledger: Ledger, migration_id: str,
+) -> None:
+    """Read-only: raise what :func:`revoke_gcs` would refuse to start for (called before any
+    principal's change, so one bad field changes nothing anywhere)."""
+    plan = _plan(principal, index, buckets, admin, probes, _history(ledger, migration_id))
+    if plan.problems:
+        raise plan.problems[0]
+
+
 def preflight_gcs(
     principal: GcsPrincipal, index: int, *, buckets: Sequence[str], admin: GcsCredentials, probes: Probes,
     ledger: Ledger, migration_id: str,

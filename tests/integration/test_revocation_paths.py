@@ -233,3 +233,17 @@ def test_bad_principal_names_the_field(tmp_path: Any, entry: dict[str, Any], fie
                       "destinations": {"s3": {"uri": f"s3://{TOKYO_BUCKET}", "conn_id": "dst"}},
                       "revoke": [entry]})
     assert err.value.field == field
+
+
+def test_a_wrong_key_id_fails_before_any_path_changes(tmp_path: Any, moto: Any, party: Party) -> None:
+    """Keys are planned with everything else: the trust policy, the grants and the password stay as they were."""
+    _, admin = moto
+    policy = _policy(tmp_path, party, user=party.user, access_keys=["AKIANOSUCHKEY0000000"])
+    bucket_policy = party.s3.get_bucket_policy(Bucket=BUCKET)["Policy"]
+    trust = party.iam.get_role(RoleName=party.role)["Role"]["AssumeRolePolicyDocument"]
+    with pytest.raises(PolicyError) as err:
+        _run(policy, admin, party)
+    assert (err.value.field, err.value.value) == ("revoke[0].access_keys", "AKIANOSUCHKEY0000000")
+    assert party.s3.get_bucket_policy(Bucket=BUCKET)["Policy"] == bucket_policy
+    assert party.iam.get_role(RoleName=party.role)["Role"]["AssumeRolePolicyDocument"] == trust
+    assert party.iam.get_login_profile(UserName=party.user)["LoginProfile"]
