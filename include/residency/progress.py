@@ -256,6 +256,8 @@ def _revocations(ledger: Ledger, migration_id: str) -> list[dict[str, Any]]:
         latest[(r["principal"], r["credential_id"])] = r
     return [
         {"principal": r["principal"], "credential_id": r["credential_id"], "at": r["at"],
+         "kind": (r["proof"] or {}).get("kind") or "access_key",
+         "method": (r["proof"] or {}).get("method") or "denied_attempt",
          "status": (r["proof"] or {}).get("status") or "not_proven", "reason": (r["proof"] or {}).get("reason", "")}
         for r in latest.values()
     ]
