@@ -7,7 +7,10 @@ For each principal of the policy (``revoke:``), :func:`revoke`
    resolves the foreign party's probe credentials (``probe_conn_id``);
 2. probes *before*: with those credentials it lists one object under
    ``probe_uri`` (``s3:ListObjectsV2``, ``MaxKeys=1``);
-3. deactivates, then deletes every chosen key (one INFO line each);
+3. records each key's last use (``GetAccessKeyLastUsed``), deactivates it, then
+   deletes it; with the principal's ``delete_after_hours`` the key stays inactive
+   until that soak has passed since its deactivation (a later run deletes it; the
+   key is ``pending`` meanwhile and the evidence is not COMPLETE);
 4. probes *after* with the same credentials;
 5. records each key with :meth:`Ledger.record_revocation` (its proof) and an
    audit record.
@@ -37,8 +40,7 @@ What a proof says (``proof["status"]``, decided by :func:`judge_proof`):
 
 Local emulator caveat: with IAM enforcement on, moto rejects *deleted* keys
 (``InvalidAccessKeyId``) and enforces identity policies (``AccessDenied`` for a
-user without the permission), but it accepts *inactive* keys and ignores
-bucket-policy denies. So against moto the denial is seen only after the delete,
+user without the permission), but it accepts *inactive* keys. So against moto the denial is seen only after the delete,
 which is why the after-probe runs after step 3 and not between deactivation
 and deletion. Real IAM refuses inactive keys too, and is eventually consistent:
 an after-probe right after the delete may still be allowed (``failed``); a

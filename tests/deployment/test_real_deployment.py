@@ -10,6 +10,7 @@ holds whether or not the DAG has them yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -167,7 +168,13 @@ def test_nothing_in_scope_still_revokes_and_reports(deployment, cloud, tmp_path)
     """State 8 on a real deployment: a typo in every prefix selects nothing; the mapped shards are
     skipped, but recheck, cutover, revocation, attestation and the evidence still run."""
     estate, admin = cloud.estate, cloud.admin
-    key = admin.client("iam", "us-east-1").create_access_key(UserName=estate.affiliate_user)["AccessKey"]
+    iam = admin.client("iam", "us-east-1")
+    # An earlier test revoked this user: its inline deny refuses sessions issued before that revocation.
+    # moto evaluates no DateLessThan condition and so refuses the user's new long-term key too (AWS would
+    # not: such a key carries no aws:TokenIssueTime); remove it, as AWS would read it, for the new key.
+    with contextlib.suppress(iam.exceptions.NoSuchEntityException):
+        iam.delete_user_policy(UserName=estate.affiliate_user, PolicyName="ResidencyRevokeOlderSessions")
+    key = iam.create_access_key(UserName=estate.affiliate_user)["AccessKey"]
     text = estate.policy_path.read_text().replace("control_dir: control", f"control_dir: {tmp_path / 'control'}")
     text = re.sub(r"uri: (s3|gs)://(seoul-[a-z-]+)([,}])", r"uri: \1://\2/fotos/\3", text)
     text = re.sub(r"access_keys: \[\w+\], probe_conn_id: affiliate_probe",
