@@ -71,53 +71,28 @@ def test_residency_migration_shape(dagbag):
         assert "comment" in approval.params
 
 
-def test_residency_rollback_shape(dagbag):
+@pytest.mark.parametrize("dag_id, step, extra", [
+    ("residency_rollback", "rollback", {"table"}), ("residency_revoke", "revoke", set()),
+    ("residency_purge", "purge", set()),
+])
+def test_approved_step_dag_shape(dagbag, dag_id, step, extra):
+    """The single-step DAGs: plan -> propose -> a human approves -> act -> evidence (even after a
+    rejection or a failure) -> check."""
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-    dag = dagbag.dags["residency_rollback"]
-    assert set(dag.params.keys()) == {"policy_path", "table", "dry_run", "evidence_dir"}
-    order = ["plan", "propose_rollback", "approve_rollback", "rollback", "evidence", "check_complete"]
+    dag = dagbag.dags[dag_id]
+    assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir", *extra}
+    order = ["plan", f"propose_{step}", f"approve_{step}", step, "evidence", "check_complete"]
     assert set(dag.task_ids) == set(order)
     for upstream, downstream in zip(order, order[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} must run before {downstream}"
-    approval = dag.get_task("approve_rollback")
-    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == "rollback"
-    assert approval.defaults == ["Reject"] and dag.get_task("rollback").upstream_task_ids == {"plan", "approve_rollback"}
-    # The evidence is written after a rejection (rollback skipped) or a failed rollback too.
+    approval = dag.get_task(f"approve_{step}")
+    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == step
+    assert approval.defaults == ["Reject"] and dag.get_task(step).upstream_task_ids == {"plan", f"approve_{step}"}
+    # The evidence is written after a rejection (the step skipped) or a failed step too.
     assert dag.get_task("evidence").trigger_rule == "all_done"
-    assert dag.get_task("evidence").upstream_task_ids == {"plan", "rollback"}
+    assert dag.get_task("evidence").upstream_task_ids == {"plan", step}
     assert dag.max_active_runs == 1
-
-
-def test_residency_revoke_shape(dagbag):
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
-
-    dag = dagbag.dags["residency_revoke"]
-    assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
-    order = ["plan", "propose_revoke", "approve_revoke", "revoke", "evidence", "check_complete"]
-    assert set(dag.task_ids) == set(order)
-    for upstream, downstream in zip(order, order[1:]):
-        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} must run before {downstream}"
-    approval = dag.get_task("approve_revoke")
-    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == "revoke"
-    assert approval.defaults == ["Reject"] and dag.get_task("revoke").upstream_task_ids == {"plan", "approve_revoke"}
-    assert dag.get_task("evidence").trigger_rule == "all_done"
-    assert dag.max_active_runs == 1
-
-
-def test_residency_purge_shape(dagbag):
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
-
-    dag = dagbag.dags["residency_purge"]
-    assert set(dag.params.keys()) == {"policy_path", "dry_run", "evidence_dir"}
-    order = ["plan", "propose_purge", "approve_purge", "purge", "evidence", "check_complete"]
-    assert set(dag.task_ids) == set(order)
-    for upstream, downstream in zip(order, order[1:]):
-        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} must run before {downstream}"
-    approval = dag.get_task("approve_purge")
-    assert isinstance(approval, ApprovalOperator) and approval.retries == 0 and approval.step == "purge"
-    assert approval.defaults == ["Reject"] and dag.get_task("purge").upstream_task_ids == {"plan", "approve_purge"}
-    assert dag.get_task("evidence").trigger_rule == "all_done"
 
 
 def test_migration_revokes_only_after_the_unfreeze(dagbag):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import http.client
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from residency.localcloud.gcs_access_fake import answering_handler
 
 
 class LoopbackJsonApiFake:
@@ -27,28 +29,7 @@ class LoopbackJsonApiFake:
     def __init__(self, upstream: str, *, rewrite_urls: bool = False) -> None:
         self.upstream = urlsplit(upstream)
         self.rewrite_urls = rewrite_urls
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                status, headers, payload = fake.answer(self.command, self.path, dict(self.headers), body)
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), answering_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -182,7 +182,7 @@ class GcsAccessFake:
         self._accounts: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, _SaKey] = {}
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (member, expiry)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), answering_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -660,7 +660,10 @@ def _sigv4_matches(method: str, raw_path: str, headers: dict[str, str], body: by
     return secrets.compare_digest(expected, given.group(1))
 
 
-def _handler(fake: GcsAccessFake) -> type[BaseHTTPRequestHandler]:
+def answering_handler(fake: Any) -> type[BaseHTTPRequestHandler]:
+    """An HTTP/1.1 request handler that answers every method with ``fake.answer(method, path, headers, body)``
+    (``-> (status, [(header, value)], payload)``); the tests' own JSON API fakes use it too."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
