@@ -177,8 +177,9 @@ def test_nothing_in_scope_still_revokes_and_reports(deployment, cloud, tmp_path)
     key = iam.create_access_key(UserName=estate.affiliate_user)["AccessKey"]
     text = estate.policy_path.read_text().replace("control_dir: control", f"control_dir: {tmp_path / 'control'}")
     text = re.sub(r"uri: (s3|gs)://(seoul-[a-z-]+)([,}])", r"uri: \1://\2/fotos/\3", text)
-    text = re.sub(r"access_keys: \[\w+\], probe_conn_id: affiliate_probe",
-                  f"access_keys: [{key['AccessKeyId']}], probe_conn_id: affiliate_probe2", text)
+    text = re.sub(r"access_keys: \[\w+\]", f"access_keys: [{key['AccessKeyId']}]", text)
+    text = text.replace("probe_conn_id: affiliate_probe,", "probe_conn_id: affiliate_probe2,")
+    assert key["AccessKeyId"] in text and "affiliate_probe2" in text
     policy = tmp_path / "policy.yaml"
     policy.write_text(text.replace("sqlite:///app.db", estate.app_db_url))
     # The second key's probe connection, as the deployment's processes read connections.
