@@ -19,8 +19,7 @@ shown in the evidence with:
 - ``outcome``: ``revoked`` (this run), ``already_revoked`` (an earlier run, or
   it was never there when we looked and the ledger shows we removed it),
   ``pending`` (deactivated, deletion due after the soak time), ``would_revoke``
-  (dry run), ``absent`` (nothing to revoke on this path: recorded so the report
-  shows the path was looked at).
+  (dry run).
 
 No Airflow, no SDK here: the provider modules (:mod:`residency.revocation`,
 :mod:`residency.revocation_paths`, :mod:`residency.revocation_gcs`) build these.
@@ -41,7 +40,6 @@ KINDS = (
     "access_key", "login_profile", "sessions", "role_trust", "bucket_policy", "bucket_acl",
     "hmac_key", "bucket_binding", "service_account_key",
 )
-OUTCOMES = ("revoked", "already_revoked", "pending", "would_revoke", "absent")
 METHODS = ("denied_attempt", "read_back")
 
 

@@ -181,8 +181,7 @@ def _summary(paths: list[PathRevocation], keys: Any, dry_run: bool, at: str) -> 
         for k in keys.revocations:
             key_list.append({"kind": "access_key", "principal": f"aws:iam::user/{k.user}", "credential_id":
                              k.access_key_id, "outcome": "would_revoke" if dry_run else (
-                                 "already_revoked" if k.already_revoked else "pending" if not k.deleted and
-                                 k.deactivated else "revoked"), "status": str(k.status), "reason": k.reason})
+                                 "already_revoked" if k.already_revoked else "pending" if k.delete_due else "revoked"), "status": str(k.status), "reason": k.reason})
     rows = key_list + [{"kind": p.kind, "principal": p.principal, "credential_id": p.credential_id,
                         "outcome": p.outcome, "status": p.status, "method": p.method, "action": p.action,
                         "reason": p.reason} for p in paths]
@@ -205,7 +204,7 @@ def _resolve(credentials: Credentials, conn_id: str, field: str) -> Any:
 
 
 _VERBS = {"would_revoke": "will change", "already_revoked": "already revoked", "revoked": "revoked",
-          "pending": "inactive, deletion pending", "absent": "nothing there"}
+          "pending": "inactive, deletion pending"}
 
 
 def plan_markdown(summary: dict[str, Any]) -> list[str]:

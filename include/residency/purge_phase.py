@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from . import purge as engine
 from .errors import PolicyError
-from .evidence.chain import AuditChainBroken, atomic_write, export_audit_log, verify_audit_log
+from .evidence.chain import atomic_write, export_verified
 from .evidence.report import human_bytes
 from .ledger import Ledger, now
 from .pipeline import Credentials, Runtime, ledger_url, plan_run, require_approval, software_versions, validate_params
@@ -263,13 +263,7 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     decisions = [a for a in rt.ledger.get_approvals(mid, rt.run_id or "manual") if a["step"] == STEP]
     audit: dict[str, Any] | None = None
     if not rt.dry_run:
-        try:
-            head = export_audit_log(rt.ledger, mid, out_dir / AUDIT_FILE)
-            verify_audit_log(out_dir / AUDIT_FILE, expect=head)
-            audit = {"file": AUDIT_FILE, "records": head.records, "head": head.head, "verified": True, "error": None}
-        except AuditChainBroken as exc:
-            log.error("purge evidence: %s", exc)
-            audit = {"file": None, "records": None, "head": None, "verified": False, "error": str(exc)}
+        audit = export_verified(rt.ledger, mid, out_dir / AUDIT_FILE)
     doc = build_purge_evidence(
         rt.policy, run={**dict(run), "dry_run": rt.dry_run}, result=result,
         approval=decisions[-1] if decisions else None, purged_total=_purged_total(rt.ledger, mid), audit=audit,

@@ -41,7 +41,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .access import PathRevocation, attempt, read_back_proof, record
 from .clients import AwsCredentials
-from .errors import ResidencyError
 from .ledger import Ledger, now
 from .revocation import DENIAL_CODES, RevocationFailed, judge_proof
 
@@ -225,8 +224,8 @@ def _judged(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, f
         status, reason = judge_proof(before, after)
         return str(status), "denied_attempt", reason
     status, reason = fallback()
-    why = (f" No allowed attempt could be made before ({before['error_code']})." if before is not None
-           else " No probe credentials can attempt through this path.")
+    why = (f" The attempt before the change was not allowed ({before['error_code']}), so none can prove it."
+           if before is not None else " No attempt through this path could be made before the change.")
     return status, "read_back", reason + why
 
 
@@ -291,19 +290,30 @@ def _deny_sessions(paths: AwsPaths, client: Any, ledger: Ledger, mid: str, histo
               PolicyDocument=json.dumps(deny_document(at)), **key)
         log.info("denied every session of %s %s issued before %s (inline policy %s)", kind, name, at, DENY_POLICY)
     after_doc = _inline(get, key)
+    issued_before = _deny_time(after_doc)
     session = paths.sessions.get(arn)
     before, after = (session[1], _list(session[0], session[1]["target"])) if session else (None, None)
-    holds = not (after_doc and after_doc.get("Statement", [{}])[0].get("Effect") == "Deny")
-    status, method, reason = _judged(before, after, lambda: read_back_proof(
-        "sessions", f"no deny for sessions issued before the revocation on {kind} {name}" if holds else
-        "a working session", holds, now()))
-    if method == "read_back" and not holds:
-        reason = (f"read back at {now()}, {kind} {name} holds the inline policy {DENY_POLICY} denying every action "
-                  f"to sessions issued before {after_doc['Statement'][0]['Condition']['DateLessThan']['aws:TokenIssueTime']}"
-                  f"; no session of the foreign party could be used to attempt.") + reason.split(";", 1)[-1]
+
+    def read_back() -> tuple[str, str]:
+        if issued_before is None:
+            return "failed", (f"read back at {now()}, {kind} {name} holds no {DENY_POLICY} deny: sessions issued "
+                              "before the revocation still work.")
+        return "proven", (f"read back at {now()}, {kind} {name} holds the inline policy {DENY_POLICY} denying "
+                          f"every action to sessions issued before {issued_before}.")
+
+    status, method, reason = _judged(before, after, read_back)
     return record(ledger, mid, PathRevocation(
         paths.name, "sessions", cid, "deny-sessions-before", "already_revoked" if already else "revoked", status,
-        method, reason, existing, after_doc, before, after, {"issued_before": at}))
+        method, reason, existing, after_doc, before, after, {"issued_before": issued_before}))
+
+
+def _deny_time(doc: Mapping[str, Any] | None) -> str | None:
+    """The ``aws:TokenIssueTime`` before which ``doc`` denies everything, or None if it does not."""
+    for statement in (doc or {}).get("Statement", []):
+        when = statement.get("Condition", {}).get("DateLessThan", {}).get("aws:TokenIssueTime")
+        if statement.get("Effect") == "Deny" and statement.get("Action") == "*" and when:
+            return str(when)
+    return None
 
 
 def _inline(get: Callable[..., Any], key: Mapping[str, str]) -> dict[str, Any] | None:
@@ -373,7 +383,7 @@ def recheck_already(paths: AwsPaths, iam: AwsCredentials, ledger: Ledger, mid: s
         elif kind == "sessions" and ":role/" in cid and f"role_trust:{cid.split(':', 1)[1]}" not in open_roles:
             role = cid.rsplit("/", 1)[-1]
             doc = _inline(iam.client("iam").get_role_policy, {"RoleName": role})
-            still = [] if doc and doc.get("Statement", [{}])[0].get("Effect") == "Deny" else [role]
+            still = [] if _deny_time(doc) else [role]
         elif kind in ("bucket_policy", "bucket_acl") and cid not in open_buckets:
             bucket = cid.split("s3://", 1)[1]
             if bucket not in set(buckets):
@@ -442,7 +452,3 @@ def earlier_paths(ledger: Ledger, mid: str, principal: str) -> dict[str, dict[st
         if r["principal"] == principal and r["proof"].get("kind") and r["proof"]["kind"] != "access_key":
             out[r["credential_id"]] = r
     return out
-
-
-class PathsError(ResidencyError):
-    """A path revocation could not be planned."""

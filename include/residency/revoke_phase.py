@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from . import foreign_access
 from .errors import PolicyError
 from .evidence import report as main_report
-from .evidence.chain import AuditChainBroken, export_audit_log, verify_audit_log
+from .evidence.chain import export_verified
 from .pipeline import Credentials, Runtime, plan_run, software_versions
 from .pipeline import propose_revoke as propose  # noqa: F401 - the DAG's propose task
 from .pipeline import revoke  # noqa: F401 - the DAG's revoke task
@@ -84,7 +84,7 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
         "software": software_versions(), "run": dict(run), "principals": [p.label for p in rt.policy.principals],
         "approval": decisions[-1] if decisions else None, "problems": problems, "recheck": check,
         "records": records["records"], "plan": (proposal or {}).get("paths") if rt.dry_run else None,
-        "audit": _chain(rt, out_dir) if not rt.dry_run else None,
+        "audit": export_verified(rt.ledger, mid, out_dir / "revoke-audit.jsonl") if not rt.dry_run else None,
     }
     if doc["audit"] is not None and not doc["audit"]["verified"]:
         problems.append(f"The audit log does not verify: {doc['audit']['error']}.")
@@ -99,17 +99,6 @@ def write_evidence(rt: Runtime, run: Mapping[str, Any]) -> dict[str, Any]:
     rt.ledger.record_phase(mid, "revoke_evidence", summary, run_id=rt.run_id)
     log.info("END revoke evidence: %s -> %s (%s)", mid, json_path, kind)
     return summary
-
-
-def _chain(rt: Runtime, out_dir: Path) -> dict[str, Any]:
-    """Export the audit chain to ``revoke-audit.jsonl`` and verify the file against the ledger's head."""
-    path = out_dir / "revoke-audit.jsonl"
-    try:
-        head = export_audit_log(rt.ledger, rt.policy.migration_id, path)
-        verify_audit_log(path, expect=head)
-        return {"file": path.name, "records": head.records, "head": head.head, "verified": True, "error": None}
-    except AuditChainBroken as exc:
-        return {"file": None, "records": None, "head": None, "verified": False, "error": str(exc)}
 
 
 def render_html(doc: Mapping[str, Any]) -> str:

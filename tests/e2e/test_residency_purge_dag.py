@@ -4,8 +4,8 @@ The estate and the Airflow home are the migration's e2e fixtures (one instance f
 this module). The migration is run once, in this process, by the engine's own
 phases up to the cutover (as the rollback's e2e does), and the cutover's record in
 the ledger is then dated two days back, so the soak (``purge.soak_hours``, 24 h by
-default) has elapsed. :class:`PurgeApprover` answers ``approve_purge`` from outside,
-through the REST API's own handler (see ``test_residency_rollback_dag.Approver``).
+default) has elapsed. ``test_residency_rollback_dag.Approver`` answers ``approve_purge`` from outside,
+through the REST API's own handler.
 The rejection runs first: it must leave every version of every source in place for
 the approval that follows.
 """
@@ -14,38 +14,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
-import subprocess
-import sys
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_residency_migration_dag import airflow_env, estate  # noqa: F401 - the migration's fixtures
-from test_residency_rollback_dag import _ANSWER, APPROVER, Approver, credentials_of, notes  # noqa: F401
+from test_residency_rollback_dag import APPROVER, cut_over_by_phases, notes, step_run  # noqa: F401
 
 from residency import pipeline
 from residency.evidence.chain import ChainHead, verify_audit_log
-from residency.localcloud.dagrun import run_dag_test
 
 pytestmark = pytest.mark.e2e
 DAG_ID = "residency_purge"
-
-
-class PurgeApprover(Approver):
-    """:class:`Approver` for ``residency_purge.approve_purge``."""
-
-    def __enter__(self) -> PurgeApprover:
-        now = time.time()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _ANSWER, DAG_ID, self.task_id, self.option, APPROVER, f"{self.option} in a test",
-             str(now - 1), str(now + 600)],
-            env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        return self
 
 
 def source_versions(est: Any, admin: Any) -> list[tuple]:
@@ -62,19 +44,7 @@ def source_versions(est: Any, admin: Any) -> list[tuple]:
 @pytest.fixture(scope="module")
 def cut_over(estate):  # noqa: F811 - the imported fixture
     est, _ = estate
-    credentials = credentials_of(est)
-    run = {"dag_id": "residency_migration", "run_id": "manual__cutover_before_purge"}
-    plan = pipeline.plan_run({"policy_path": str(est.policy_path), "dry_run": False, "evidence_dir": ""}, run,
-                             credentials)
-    rt = pipeline.Runtime(plan, credentials)
-    shards = pipeline.run_inventory(rt, pipeline.preflight(rt)["placements"])["shards"]
-    for shard in shards:
-        pipeline.copy_shard(rt, shard)
-    for shard in shards:
-        pipeline.verify_shard(rt, shard)
-    pipeline.recheck(rt)
-    pipeline.record_approval(rt, "cutover", {"chosen_options": ["Approve"], "responded_by_user": {
-        "id": "cutover-approver", "name": "cutover-approver"}, "responded_at": "2026-11-22T00:00:00+00:00"})
+    rt = cut_over_by_phases(est, "manual__cutover_before_purge")
     pipeline.cutover(rt)
     ledger_db = Path(rt.policy.ledger_url.removeprefix("sqlite:///"))
     rt.ledger.dispose()
@@ -86,16 +56,7 @@ def cut_over(estate):  # noqa: F811 - the imported fixture
 
 
 def purge_run(estate, airflow_env, notes, out: Path, approve: str):  # noqa: F811
-    est, _ = estate
-    conf = {"policy_path": str(est.policy_path), "evidence_dir": str(out), "dry_run": False}
-    env = {**airflow_env, **est.connection_env(), **notes.env}
-    with PurgeApprover(env, approve, task_id="approve_purge") as approver:
-        try:
-            outcome = run_dag_test(DAG_ID, conf, env=env, log_path=out / "dag-run.log", timeout=600)
-        except subprocess.TimeoutExpired:
-            outcome = None
-    assert outcome is not None and approver.asked, f"the approval was not answered: {approver.errors[-2000:]}"
-    return outcome, approver.asked
+    return step_run(DAG_ID, estate, airflow_env, notes, out, approve=approve, timeout=600)
 
 
 def test_rejected_purge_deletes_nothing(estate, airflow_env, cut_over, notes, tmp_path):  # noqa: F811

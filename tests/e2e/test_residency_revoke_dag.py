@@ -16,31 +16,14 @@ from pathlib import Path
 
 import pytest
 from test_residency_migration_dag import airflow_env, estate  # noqa: F401 - the migration's fixtures
-from test_residency_rollback_dag import Approver, FakeNoteApi
-
-from residency.localcloud.dagrun import run_dag_test
+from test_residency_rollback_dag import notes, step_run  # noqa: F401 - the run-note fake
 
 pytestmark = pytest.mark.e2e
 DAG_ID = "residency_revoke"
 
 
-@pytest.fixture
-def notes():
-    api = FakeNoteApi()
-    yield api
-    api.close()
-
-
 def revoke_run(estate, airflow_env, notes, out: Path, approve: str | None, **conf):  # noqa: F811
-    est, _ = estate
-    conf = {"policy_path": str(est.policy_path), "evidence_dir": str(out), "dry_run": False, **conf}
-    env = {**airflow_env, **est.connection_env(), **notes.env}
-    if approve is None:
-        return run_dag_test(DAG_ID, conf, env=env, log_path=out / "dag-run.log", timeout=300), None
-    with Approver(env, approve, task_id="approve_revoke", dag_id=DAG_ID) as approver:
-        outcome = run_dag_test(DAG_ID, conf, env=env, log_path=out / "dag-run.log", timeout=300)
-    assert approver.asked, f"the approval was not answered: {approver.errors[-2000:]}"
-    return outcome, approver.asked
+    return step_run(DAG_ID, estate, airflow_env, notes, out, approve=approve, **conf)
 
 
 def test_revoke_first_then_rerun_records_already_revoked(estate, airflow_env, notes, tmp_path):  # noqa: F811

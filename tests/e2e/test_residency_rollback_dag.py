@@ -87,6 +87,24 @@ def journal(ledger_db: Path, migration_id: str) -> list[tuple]:
             "WHERE migration_id = ? ORDER BY id", (migration_id,)).fetchall()
 
 
+def cut_over_by_phases(est: Any, run_id: str) -> pipeline.Runtime:
+    """The migration up to its cutover's approval, by the engine's own phases in the DAG's order
+    (plan, preflight, inventory, copy, verify, recheck, an approval); the caller cuts over."""
+    credentials = credentials_of(est)
+    plan = pipeline.plan_run({"policy_path": str(est.policy_path), "dry_run": False, "evidence_dir": ""},
+                             {"dag_id": "residency_migration", "run_id": run_id}, credentials)
+    rt = pipeline.Runtime(plan, credentials)
+    shards = pipeline.run_inventory(rt, pipeline.preflight(rt)["placements"])["shards"]
+    for shard in shards:
+        pipeline.copy_shard(rt, shard)
+    for shard in shards:
+        pipeline.verify_shard(rt, shard)
+    pipeline.recheck(rt)
+    pipeline.record_approval(rt, "cutover", {"chosen_options": ["Approve"], "responded_by_user": {
+        "id": "cutover-approver", "name": "cutover-approver"}, "responded_at": "2026-11-22T00:00:00+00:00"})
+    return rt
+
+
 @dataclass(frozen=True)
 class CutOver:
     migration_id: str
@@ -103,19 +121,7 @@ def cut_over(estate, tmp_path_factory) -> CutOver:  # noqa: F811 - the imported 
     est, _ = estate
     app_db = Path(est.app_db_url.removeprefix("sqlite:///"))
     before = dump(app_db)
-    credentials = credentials_of(est)
-    run = {"dag_id": "residency_migration", "run_id": "manual__cutover_before_rollback"}
-    plan = pipeline.plan_run({"policy_path": str(est.policy_path), "dry_run": False, "evidence_dir": ""}, run,
-                             credentials)
-    rt = pipeline.Runtime(plan, credentials)
-    shards = pipeline.run_inventory(rt, pipeline.preflight(rt)["placements"])["shards"]
-    for shard in shards:
-        pipeline.copy_shard(rt, shard)
-    for shard in shards:
-        pipeline.verify_shard(rt, shard)
-    pipeline.recheck(rt)
-    pipeline.record_approval(rt, "cutover", {"chosen_options": ["Approve"], "responded_by_user": {
-        "id": "cutover-approver", "name": "cutover-approver"}, "responded_at": "2026-11-22T00:00:00+00:00"})
+    rt = cut_over_by_phases(est, "manual__cutover_before_rollback")
     result = pipeline.cutover(rt)
     assert result["rewritten"] == est.media_references > 0
     ledger_db = Path(rt.policy.ledger_url.removeprefix("sqlite:///"))
@@ -270,20 +276,28 @@ def notes():
     api.close()
 
 
-def rollback_run(estate, airflow_env, notes, out: Path, *, approve: str | None = None, **conf):  # noqa: F811
-    """One ``dags test`` run of the rollback DAG; ``approve``: "Approve" / "Reject" (None: ask nobody)."""
+def step_run(dag_id: str, estate, airflow_env, notes, out: Path, *, approve: str | None = None,  # noqa: F811
+             timeout: int = 300, **conf):
+    """One ``dags test`` run of a single-step DAG; ``approve``: "Approve" / "Reject" for its
+    ``approve_<step>`` task (None: ask nobody). Returns the outcome and what the approver was shown."""
     est, _ = estate
-    conf = {"policy_path": str(est.policy_path), "evidence_dir": str(out), "dry_run": False, "table": "", **conf}
+    conf = {"policy_path": str(est.policy_path), "evidence_dir": str(out), "dry_run": False, **conf}
     env = {**airflow_env, **est.connection_env(), **notes.env}
     if approve is None:
-        return run_dag_test(DAG_ID, conf, env=env, log_path=out / "dag-run.log", timeout=300), None
-    with Approver(env, approve) as approver:
+        return run_dag_test(dag_id, conf, env=env, log_path=out / "dag-run.log", timeout=timeout), None
+    task_id = "approve_" + dag_id.removeprefix("residency_")
+    with Approver(env, approve, task_id=task_id, dag_id=dag_id) as approver:
         try:
-            outcome = run_dag_test(DAG_ID, conf, env=env, log_path=out / "dag-run.log", timeout=300)
+            outcome = run_dag_test(dag_id, conf, env=env, log_path=out / "dag-run.log", timeout=timeout)
         except subprocess.TimeoutExpired:
             outcome = None
     assert outcome is not None and approver.asked, f"the approval was not answered: {approver.errors[-2000:]}"
     return outcome, approver.asked
+
+
+def rollback_run(estate, airflow_env, notes, out: Path, *, approve: str | None = None, **conf):  # noqa: F811
+    """One ``dags test`` run of the rollback DAG."""
+    return step_run(DAG_ID, estate, airflow_env, notes, out, approve=approve, **{"table": "", **conf})
 
 
 def evidence_of(out: Path, name: str = "rollback-evidence.json") -> dict[str, Any]:

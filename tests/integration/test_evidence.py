@@ -576,3 +576,13 @@ def test_schema_is_valid_draft_2020_12():
     schema = load_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     Draft202012Validator.check_schema(schema)
+
+
+def test_schema_names_every_access_path_kind_and_proof_method():
+    """The evidence schema and the engine agree on the kinds of path and the ways of proving one closed."""
+    from residency.access import KINDS, METHODS
+    from residency.evidence import load_schema
+
+    record = load_schema()["properties"]["revocations"]["properties"]["records"]["items"]
+    assert tuple(record["properties"]["kind"]["enum"]) == KINDS
+    assert tuple(record["properties"]["proof"]["properties"]["method"]["enum"]) == METHODS

@@ -126,6 +126,21 @@ def export_audit_log(ledger: Ledger, migration_id: str, path: Path) -> ChainHead
     return head
 
 
+def export_verified(ledger: Ledger, migration_id: str, path: Path) -> dict[str, Any]:
+    """Export the chain to ``path`` and verify the file as written against the ledger's head.
+
+    Returns the evidence's ``audit_log`` entry: ``{file, records, head, verified, error}``;
+    a broken chain is ``verified: False`` with the reason (logged), never an exception.
+    """
+    try:
+        head = export_audit_log(ledger, migration_id, path)
+        verify_audit_log(path, expect=head)
+        return {"file": path.name, "records": head.records, "head": head.head, "verified": True, "error": None}
+    except AuditChainBroken as exc:
+        log.error("audit chain of %s: %s", migration_id, exc)
+        return {"file": None, "records": None, "head": None, "verified": False, "error": str(exc)}
+
+
 def verify_audit_log(path: Path, expect: ChainHead | None = None) -> ChainHead:
     """Recompute every hash of an exported audit log; return its head.
 

@@ -47,7 +47,7 @@ from ..ledger import Ledger, journal, now
 from ..references import journal as references_journal
 from ..policy import Policy, redact_db_url
 from ..uris import redact_text
-from .chain import AuditChainBroken, atomic_write, export_audit_log, verify_audit_log
+from .chain import atomic_write, export_verified
 
 log = logging.getLogger(__name__)
 
@@ -391,13 +391,8 @@ def write_rollback_evidence(
     audit_path: Path | None = None
     if not dry_run:
         audit_path = out_dir / AUDIT_FILE
-        try:
-            head = export_audit_log(ledger, mid, audit_path)
-            verify_audit_log(audit_path, expect=head)  # the file as written, against the ledger's head
-            audit = {"file": AUDIT_FILE, "records": head.records, "head": head.head, "verified": True, "error": None}
-        except AuditChainBroken as exc:
-            log.error("rollback evidence: %s", exc)
-            audit = {"file": None, "records": None, "head": None, "verified": False, "error": str(exc)}
+        audit = export_verified(ledger, mid, audit_path)
+        if not audit["verified"]:
             audit_path = None
     tables = sorted({c.table for c in refs.columns}) if refs is not None else []
     doc = build_rollback_evidence(
